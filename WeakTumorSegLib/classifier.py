@@ -1,0 +1,94 @@
+"""Slice/patch classifier C (000 sections 2.1 and 3.2).
+
+C maps a ``(B, C, 128, 128)`` patch to the probability that it contains tumour. As in the
+paper, the input is upsampled bilinearly (x2 by default) inside the model, so RISE masks and
+the network see the upsampled image (:meth:`Classifier.forward_upsampled`).
+
+* :class:`VGG16BNClassifier` - VGG16 with batch normalisation, first layer taking C channels,
+  last linear layer giving one logit (the paper's model). ``width`` scales the channel
+  counts (64 = the original), ``hidden`` the two fully connected layers (4096 originally).
+* :class:`CompactClassifier` - the same interface with a few conv blocks and global average
+  pooling, small enough for CPU training and a bundle of a few MB.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Classifier(nn.Module):
+    """Common interface: ``forward(x)`` returns probabilities ``(B,)`` for ``(B, C, H, W)``."""
+
+    upsample: float
+
+    def upsample_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.upsample == 1:
+            return x
+        return F.interpolate(x, scale_factor=self.upsample, mode="bilinear", align_corners=False)
+
+    def logits_upsampled(self, xu: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward_upsampled(self, xu: torch.Tensor) -> torch.Tensor:
+        """Probabilities for inputs already at the model's (upsampled) resolution."""
+        return torch.sigmoid(self.logits_upsampled(xu))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits_upsampled(self.upsample_input(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(x))
+
+
+VGG16_LAYOUT = (1, 1, "M", 2, 2, "M", 4, 4, 4, "M", 8, 8, 8, "M", 8, 8, 8, "M")
+
+
+class VGG16BNClassifier(Classifier):
+    def __init__(self, in_channels: int = 4, width: int = 64, hidden: int = 4096, upsample: float = 2.0,
+                 dropout: float = 0.5):
+        super().__init__()
+        self.upsample = float(upsample)
+        layers: list[nn.Module] = []
+        c = in_channels
+        for item in VGG16_LAYOUT:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                out = width * int(item)
+                layers += [nn.Conv2d(c, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+                c = out
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(7)
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(c * 49, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, 1))
+
+    def logits_upsampled(self, xu: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.features(xu)))[:, 0]
+
+
+class CompactClassifier(Classifier):
+    def __init__(self, in_channels: int = 4, width: int = 16, blocks: int = 5, upsample: float = 2.0,
+                 pool: str = "avg"):
+        super().__init__()
+        if pool not in ("avg", "max"):
+            raise ValueError(f"pool must be 'avg' or 'max', not {pool!r}")
+        self.upsample = float(upsample)
+        self.pool = pool
+        layers: list[nn.Module] = []
+        c = in_channels
+        for i in range(blocks):
+            out = width * min(2 ** i, 8)
+            layers += [nn.Conv2d(c, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True),
+                       nn.Conv2d(out, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True),
+                       nn.MaxPool2d(2)]
+            c = out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(c, 1)
+
+    def logits_upsampled(self, xu: torch.Tensor) -> torch.Tensor:
+        f = self.features(xu)
+        pooled = torch.amax(f, dim=(2, 3)) if self.pool == "max" else f.mean(dim=(2, 3))
+        return self.head(pooled)[:, 0]

@@ -1,0 +1,232 @@
+"""Command line: ``weaktumorseg segment ...`` (also ``python -m WeakTumorSegLib``).
+
+Bad input ends with a non-zero exit and one line naming the file and the problem (the
+traceback only with ``--debug``); outputs are written under temporary names and renamed into
+place together, so a failed or interrupted run leaves no partial output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .bundle import BUNDLE_FILE, Bundle, default_bundle_dir
+from .errors import InputError, WeakTumorSegError
+from .inference import SLICE_COLUMNS, resolve_device, segment_arrays
+from .io import (NEGATIVE_SEED_COLOR, POSITIVE_SEED_COLOR, SEED_TERMINOLOGY, TUMOR_COLOR, TUMOR_TERMINOLOGY,
+                 OutputSet, Segment, image_stem, read_channels, write_csv, write_mask, write_segmentation)
+from .progress import MODES, Progress
+
+PROG = "weaktumorseg"
+
+
+class UsageError(WeakTumorSegError):
+    """Command-line arguments that do not make sense together."""
+
+
+def _channel_arg(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name.strip() or not path.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH (e.g. flair=scan_flair.nii.gz), got {text!r}")
+    return name.strip().lower(), path.strip()
+
+
+def _threshold_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Weakly supervised brain-tumour segmentation of MR volumes (Yoo et al.).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    seg = sub.add_parser(
+        "segment", help="segment one patient's MR volume with a model bundle",
+        description="Segment one patient's MR volume. Writes <name>.seg.nrrd (Slicer segmentation), "
+                    "<name>_mask.nii.gz, <name>_slices.csv (one row per axial slice) and <name>_report.json.")
+    seg.add_argument("--channel", "-c", action="append", type=_channel_arg, required=True, metavar="NAME=PATH",
+                     help="an input channel, e.g. flair=patient_flair.nii.gz; repeat for each channel the bundle "
+                          "needs (channels it does not use are ignored)")
+    seg.add_argument("--bundle", "-b", type=Path, default=None,
+                     help="model bundle folder (default: the shipped default bundle)")
+    seg.add_argument("--out", "-o", type=Path, required=True, help="output folder (created if missing)")
+    seg.add_argument("--name", default=None, help="output name stem (default: the first channel's file stem)")
+    seg.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default auto)")
+    seg.add_argument("--threshold", type=_threshold_arg, default=None,
+                     help="difference-score threshold below which a non-empty slice is flagged "
+                          "(default: the bundle's, 0.2 in the paper)")
+    seg.add_argument("--seeds", action="store_true",
+                     help="also write the classifier's RISE positive/negative seeds as segments")
+    seg.add_argument("--seed-masks", type=_positive_int, default=None,
+                     help="number of RISE masks for --seeds (default: the bundle's)")
+    seg.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for PyTorch")
+    seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    seg.add_argument("--progress", choices=MODES, default="bar",
+                     help="bar: progress bars on stderr (default); json: one JSON object per line on stdout "
+                          "(stage, done, total); none: no progress")
+    seg.add_argument("--quiet", "-q", action="store_true", help="no progress and no summary (errors still shown)")
+    seg.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    seg.set_defaults(func=cmd_segment)
+    return parser
+
+
+def _match_channels(given: Sequence[tuple[str, str]], bundle: Bundle) -> tuple[dict[str, str], list[str]]:
+    """Map the bundle's channels to the given paths; return (paths, notes about ignored channels)."""
+    seen: dict[str, str] = {}
+    for name, path in given:
+        if name in seen:
+            raise UsageError(f"channel '{name}' is given twice ({seen[name]} and {path})")
+        seen[name] = path
+    needed = bundle.channels
+    missing = [c for c in needed if c not in seen]
+    if missing:
+        raise InputError(f"bundle '{bundle.name}' needs channels {', '.join(needed)}; not given: "
+                         f"{', '.join(missing)} (pass --channel NAME=PATH for each)", bundle.path)
+    notes = [f"channel '{n}' ({p}) is ignored: bundle '{bundle.name}' uses {', '.join(needed)}"
+             for n, p in seen.items() if n not in needed]
+    return {c: seen[c] for c in needed}, notes
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    t_start = time.perf_counter()
+    quiet = args.quiet
+    progress = Progress("none" if quiet else args.progress)
+    note = (lambda msg: None) if quiet else (lambda msg: print(f"{PROG}: note: {msg}", file=sys.stderr))
+
+    bundle_dir = args.bundle if args.bundle is not None else default_bundle_dir()
+    t = time.perf_counter()
+    bundle = Bundle.load(bundle_dir)
+    t_load = time.perf_counter() - t
+    paths, notes = _match_channels(args.channel, bundle)
+    name = args.name or image_stem(args.channel[0][1])
+    if not name or "/" in name or name.startswith("."):
+        raise UsageError(f"invalid output name {name!r}; pass --name")
+    outputs = {"segmentation": f"{name}.seg.nrrd", "mask": f"{name}_mask.nii.gz",
+               "slices": f"{name}_slices.csv", "report": f"{name}_report.json"}
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError("output path exists and is not a folder", args.out)
+    if not args.overwrite:
+        for fname in outputs.values():
+            if (args.out / fname).exists():
+                raise UsageError("output already exists; pass --overwrite to replace it", args.out / fname)
+    device = resolve_device(args.device)
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+
+    progress("read", 0, len(paths))
+    t = time.perf_counter()
+    volume = read_channels(paths)
+    t_read = time.perf_counter() - t
+    progress("read", len(paths), len(paths))
+    notes += volume.notes
+    for msg in notes:
+        note(msg)
+
+    bundle.to(device)
+    result = segment_arrays(bundle, volume.channels, device, threshold=args.threshold, seeds=args.seeds,
+                            seed_masks=args.seed_masks, progress=progress)
+
+    progress("write", 0, len(outputs))
+    t = time.perf_counter()
+    geom = volume.geometry
+    segments = [Segment("Tumor", result.mask, TUMOR_COLOR, TUMOR_TERMINOLOGY)]
+    if args.seeds:
+        segments += [Segment("Positive seeds", result.positive_seeds, POSITIVE_SEED_COLOR, SEED_TERMINOLOGY),
+                     Segment("Negative seeds", result.negative_seeds, NEGATIVE_SEED_COLOR, SEED_TERMINOLOGY)]
+    voxel_ml = float(np.prod(geom.spacing)) / 1000.0
+    with OutputSet(args.out) as out:
+        write_segmentation(segments, geom, out.path(outputs["segmentation"]))
+        write_mask(result.mask, geom, out.path(outputs["mask"]))
+        write_csv(result.slice_rows(), SLICE_COLUMNS, out.path(outputs["slices"]))
+        timings = {"load_bundle": t_load, "read": t_read, **result.timings,
+                   "write": time.perf_counter() - t}
+        timings["total"] = time.perf_counter() - t_start
+        report = {
+            "version": __version__,
+            "bundle": {"name": bundle.name, "path": str(bundle.path.resolve()),
+                       "bundle_json_sha256": hashlib.sha256((bundle.path / BUNDLE_FILE).read_bytes()).hexdigest(),
+                       "channels": bundle.channels},
+            "inputs": {c: str(Path(p).resolve()) for c, p in paths.items()},
+            "device": str(device),
+            "torch_threads": __import__("torch").get_num_threads(),
+            "platform": platform.platform(),
+            "threshold": result.threshold,
+            "threshold_source": "--threshold" if args.threshold is not None else "bundle",
+            "seeds": bool(args.seeds),
+            "geometry": {"size": list(geom.size), "spacing": list(geom.spacing), "origin": list(geom.origin),
+                         "direction": list(geom.direction)},
+            "counts": {**result.counts, "tumor_volume_ml": round(result.counts.get("tumor_voxels", 0) * voxel_ml, 3)},
+            "timings_s": {k: round(v, 4) for k, v in timings.items()},
+            "notes": notes,
+            "outputs": outputs,
+        }
+        Path(out.path(outputs["report"])).write_text(json.dumps(report, indent=2) + "\n")
+        written = out.commit()
+    progress("write", len(outputs), len(outputs))
+    progress.close()
+    progress.event(stage="done", outputs={k: str(args.out / v) for k, v in outputs.items()},
+                   counts=report["counts"], timings_s=report["timings_s"])
+    if not quiet and args.progress != "json":
+        c = report["counts"]
+        print(f"Segmented {name} with bundle '{bundle.name}' on {device} in {timings['total']:.1f} s: "
+              f"{c['tumor_slices']} of {c['slices']} slices with tumour ({c['tumor_volume_ml']} ml), "
+              f"{c['flagged_slices']} flagged for review (threshold {result.threshold:g}).")
+        for path in written:
+            print(f"  {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except WeakTumorSegError as exc:
+        if getattr(args, "debug", False):
+            raise
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; no outputs were written", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print(f"{PROG}: error: out of memory (try --device cpu, or a machine with more memory)", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - one readable line unless --debug
+        if getattr(args, "debug", False):
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"{PROG}: error: unexpected {type(exc).__name__}: {first} (rerun with --debug for details)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Whole-volume inference: tiles -> gate -> fused segmenters -> converter -> score -> flags.
+
+This follows 000 sections 2.4, 2.5 and 3 on whole slices:
+
+1. preprocess the volume (:mod:`.preprocess`) and tile every axial slice into patches
+   (:mod:`.tiling`, stride from the bundle);
+2. the classifier C gates each patch (p <= 0.5: empty map); patches that are zero in every
+   channel contain no tissue and are gated out without running C;
+3. S_US and S_OS run on the gated patches and are fused with w = 2(p - 0.5) (:mod:`.fusion`);
+4. overlapping patch probabilities are averaged (gated-out patches count as zeros), mapped back
+   to the input grid and binarised at 0.5;
+5. the converter U turns the FLAIR channel of the gated patches into its healthy variant; the
+   difference |x - x_hat| is measured on the working grid, mapped back, and averaged over each
+   slice's mask (Eq. 19) to flag low-confidence slices (:mod:`.filtering`);
+6. optionally, RISE seeds of C for the gated patches (:mod:`.seeds`).
+
+All patches go through the networks in batches under ``torch.inference_mode``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .bundle import Bundle
+from .errors import BundleError
+from .filtering import flag_slices, mean_in_mask
+from .fusion import fuse
+from .preprocess import brain_bbox, normalize_channels, plan_crop, to_input, to_working
+from .seeds import RiseConfig, classifier_rise, normalize_maps
+from .tiling import Tiling
+
+#: ``progress(stage, done, total)``
+ProgressFn = Callable[[str, int, int], None]
+
+SLICE_COLUMNS = ("slice", "p_tumor", "difference_score", "flagged", "flag_reason", "tumor_pixels")
+
+
+@dataclass
+class SegmentationResult:
+    """Everything one volume's inference produces; arrays are ``(slice, row, column)``."""
+
+    mask: np.ndarray
+    probability: np.ndarray
+    p_tumor: np.ndarray
+    difference_score: np.ndarray
+    flagged: np.ndarray
+    flag_reason: list[str]
+    threshold: float
+    positive_seeds: np.ndarray | None = None
+    negative_seeds: np.ndarray | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def tumor_pixels(self) -> np.ndarray:
+        return self.mask.sum(axis=(1, 2)).astype(np.int64)
+
+    def slice_rows(self) -> list[dict]:
+        """One row per axial slice, keyed by :data:`SLICE_COLUMNS`."""
+        px = self.tumor_pixels
+        return [{"slice": k, "p_tumor": f"{self.p_tumor[k]:.4f}",
+                 "difference_score": f"{self.difference_score[k]:.4f}",
+                 "flagged": int(self.flagged[k]), "flag_reason": self.flag_reason[k], "tumor_pixels": int(px[k])}
+                for k in range(len(px))]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BundleError("--device cuda was requested but no CUDA GPU is available to PyTorch "
+                          f"(torch {torch.__version__}); use --device cpu or install a CUDA build of torch")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise BundleError(f"unknown device {name!r}; use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def _batched(fn: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray, batch: int, device: torch.device,
+             report: Callable[[int], None] | None = None) -> np.ndarray:
+    """Apply ``fn`` to ``x`` in batches on ``device``; returns a float32 numpy array."""
+    out = []
+    for start in range(0, len(x), batch):
+        xb = torch.from_numpy(np.ascontiguousarray(x[start:start + batch])).to(device, non_blocking=True)
+        out.append(fn(xb).float().cpu().numpy())
+        if report:
+            report(min(start + batch, len(x)))
+    if not out:
+        return np.zeros((0,), dtype=np.float32)
+    return np.concatenate(out, axis=0)
+
+
+def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: torch.device | str = "cpu",
+                   threshold: float | None = None, seeds: bool = False, seed_masks: int | None = None,
+                   progress: ProgressFn | None = None) -> SegmentationResult:
+    """Segment one volume given as ``{channel name: (slice, row, column) array}``.
+
+    Channels the bundle does not use are ignored; a missing one raises :class:`BundleError`.
+    ``threshold`` overrides the bundle's difference-score threshold; ``seeds`` adds RISE seeds
+    (``seed_masks`` overrides the bundle's number of RISE masks).
+    """
+    device = torch.device(device)
+    say = progress or (lambda stage, done, total: None)
+    missing = [c for c in bundle.channels if c not in channels]
+    if missing:
+        raise BundleError(f"bundle '{bundle.name}' needs channels {', '.join(bundle.channels)}; "
+                          f"missing: {', '.join(missing)}", bundle.path)
+    inf = bundle.inference
+    gate, batch = float(inf["gate_threshold"]), int(inf["batch_size"])
+    thr = float(inf["filter_threshold"] if threshold is None else threshold)
+    pp, patch = bundle.preprocessing, bundle.patch_size
+    flair_idx = bundle.channels.index(bundle.flair_channel)
+    models = bundle.models
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    say("preprocess", 0, 1)
+    stack = normalize_channels(channels, bundle.channels, pp.clip_percentiles)
+    z, _, ny, nx = stack.shape
+    bbox = brain_bbox(stack, pp.brain_threshold)
+    empty = np.zeros((z, ny, nx), dtype=np.float32)
+    if bbox is None:  # nothing but background: an empty mask, not an error
+        timings["preprocess"] = time.perf_counter() - t0
+        say("preprocess", 1, 1)
+        return SegmentationResult(empty.astype(np.uint8), empty, np.zeros(z), np.ones(z), np.zeros(z, bool),
+                                  [""] * z, thr, empty.astype(np.uint8) if seeds else None,
+                                  empty.astype(np.uint8) if seeds else None, timings,
+                                  {"slices": z, "patches": 0, "gated_patches": 0})
+    crop = plan_crop(bbox, pp.inplane_scale)
+    work = to_working(stack, crop)
+    tiling = Tiling.plan(z, crop.height, crop.width, patch, int(inf["stride"]))
+    patches = tiling.extract(work)
+    timings["preprocess"] = time.perf_counter() - t0
+    say("preprocess", 1, 1)
+
+    with torch.inference_mode():
+        # -- classifier gate ------------------------------------------------------------------
+        t = time.perf_counter()
+        tissue = np.flatnonzero(patches.reshape(len(patches), -1).any(axis=1))
+        p = np.zeros(len(patches), dtype=np.float32)
+        say("classify", 0, len(tissue))
+        p[tissue] = _batched(models["classifier"], patches[tissue], batch, device,
+                             lambda d: say("classify", d, len(tissue)))
+        gated = np.flatnonzero(p > gate)
+        timings["classify"] = time.perf_counter() - t
+
+        # -- fused segmenters -----------------------------------------------------------------
+        t = time.perf_counter()
+        fused = np.zeros((len(patches), patch, patch), dtype=np.float32)
+        say("segment", 0, len(gated))
+
+        def seg(xb: torch.Tensor) -> torch.Tensor:
+            return torch.stack([models["segmenter_us"](xb)[:, 0], models["segmenter_os"](xb)[:, 0]], 1)
+
+        if len(gated):
+            both = _batched(seg, patches[gated], batch, device, lambda d: say("segment", d, len(gated)))
+            fused[gated] = fuse(torch.from_numpy(p[gated]), torch.from_numpy(both[:, 0]),
+                                torch.from_numpy(both[:, 1]), gate).numpy()
+        timings["segment"] = time.perf_counter() - t
+
+        # -- converter: healthy FLAIR of the gated patches ---------------------------------------
+        t = time.perf_counter()
+        flair_patches = patches[:, flair_idx:flair_idx + 1]
+        healthy = np.zeros((len(patches), patch, patch), dtype=np.float32)
+        say("convert", 0, len(gated))
+        if len(gated):
+            healthy[gated] = _batched(models["converter"], flair_patches[gated], batch, device,
+                                      lambda d: say("convert", d, len(gated)))[:, 0]
+        timings["convert"] = time.perf_counter() - t
+
+        # -- seeds (optional) -------------------------------------------------------------------
+        pos_seeds = neg_seeds = None
+        if seeds:
+            t = time.perf_counter()
+            rise = bundle.rise
+            if seed_masks is not None:
+                rise = RiseConfig(**{**rise.to_dict(), "n_masks": int(seed_masks)})
+            n_batches = -(-rise.n_masks // rise.batch)
+            emaps = np.zeros((len(patches), patch, patch), dtype=np.float32)
+            say("seeds", 0, n_batches)
+            if len(gated):
+                xg = torch.from_numpy(patches[gated]).to(device)
+                maps = classifier_rise(models["classifier"], xg, rise,
+                                       lambda d: say("seeds", -(-d // rise.batch), n_batches))
+                emaps[gated] = normalize_maps(maps).cpu().numpy()
+            weights = np.zeros(len(patches))
+            weights[gated] = 1
+            e_in = to_input(tiling.stitch(emaps, weights=weights), crop, (ny, nx))
+            covered = to_input(tiling.stitch(np.ones_like(emaps), weights=weights), crop, (ny, nx)) > 0.5
+            pos_seeds = (covered & (e_in > rise.positive)).astype(np.uint8)
+            neg_seeds = (covered & (e_in < rise.negative)).astype(np.uint8)
+            say("seeds", n_batches, n_batches)
+            timings["seeds"] = time.perf_counter() - t
+
+    # -- stitch, map back, binarise, score --------------------------------------------------------
+    t = time.perf_counter()
+    say("postprocess", 0, 1)
+    prob = to_input(tiling.stitch(fused), crop, (ny, nx))
+    mask = (prob > float(inf["mask_threshold"])).astype(np.uint8)
+    gate_w = np.zeros(len(patches))
+    gate_w[gated] = 1
+    x_work = work[:, flair_idx]
+    healthy_work = tiling.stitch(healthy, weights=gate_w, fill=x_work)
+    diff = to_input(np.abs(x_work - healthy_work), crop, (ny, nx))
+    scores = mean_in_mask(diff, mask)
+    p_slice = p.reshape(z, tiling.per_slice).max(axis=1)
+    flagged, reasons = flag_slices(mask.sum(axis=(1, 2)), scores, p_slice, thr, float(inf["undecided_margin"]), gate)
+    timings["postprocess"] = time.perf_counter() - t
+    say("postprocess", 1, 1)
+    counts = {"slices": z, "patches": len(patches), "tissue_patches": int(len(tissue)),
+              "gated_patches": int(len(gated)), "tumor_slices": int((mask.sum(axis=(1, 2)) > 0).sum()),
+              "tumor_voxels": int(mask.sum()), "flagged_slices": int(flagged.sum())}
+    return SegmentationResult(mask, prob, p_slice, scores, flagged, reasons, thr, pos_seeds, neg_seeds, timings,
+                              counts)
