@@ -60,8 +60,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (``weaktumorseg segment: error: ...``), exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG, description="Weakly supervised brain-tumour segmentation of MR volumes (Yoo et al.).")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -140,7 +147,6 @@ def cmd_segment(args: argparse.Namespace) -> int:
         import torch
         torch.set_num_threads(args.threads)
 
-    progress("read", 0, len(paths))
     t = time.perf_counter()
     volume = read_channels(paths)
     t_read = time.perf_counter() - t

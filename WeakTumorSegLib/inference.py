@@ -130,7 +130,8 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
         return SegmentationResult(empty.astype(np.uint8), empty, np.zeros(z), np.ones(z), np.zeros(z, bool),
                                   [""] * z, thr, empty.astype(np.uint8) if seeds else None,
                                   empty.astype(np.uint8) if seeds else None, timings,
-                                  {"slices": z, "patches": 0, "gated_patches": 0})
+                                  {"slices": z, "patches": 0, "tissue_patches": 0, "gated_patches": 0,
+                                   "tumor_slices": 0, "tumor_voxels": 0, "flagged_slices": 0})
     crop = plan_crop(bbox, pp.inplane_scale)
     work = to_working(stack, crop)
     tiling = Tiling.plan(z, crop.height, crop.width, patch, int(inf["stride"]))

@@ -99,53 +99,70 @@ def _itk_problem(error: Exception) -> str:
     return f"cannot be read as an image ({detail[:160]})"
 
 
-def _nifti_data_bytes(path: Path) -> tuple[int, int] | None:
-    """(vox_offset, bytes available after it) for a NIfTI file, or None if it is not NIfTI.
+@dataclass(frozen=True)
+class _NiftiPayload:
+    offset: int  # vox_offset
+    available: int  # bytes present after vox_offset
+    nonfinite: int  # NaN/Inf voxels in a floating-point payload
 
-    SimpleITK zero-fills a truncated NIfTI file without complaint, so the payload length is
-    checked here. A truncated gzip stream raises :class:`InputError`.
+
+_NIFTI_FLOAT = {16: "f4", 64: "f8"}
+
+
+def _nifti_payload(path: Path) -> _NiftiPayload | None:
+    """Check a NIfTI file's payload, or return None if the file is not NIfTI.
+
+    SimpleITK zero-fills a truncated NIfTI file, and silently turns NaN/Inf into 0, so both are
+    checked here on the raw bytes. A truncated gzip stream raises :class:`InputError`.
     """
     name = path.name.lower()
     if not (name.endswith(".nii") or name.endswith(".nii.gz")):
         return None
     try:
         if name.endswith(".gz"):
-            total, head = 0, b""
+            data = bytearray()
             decomp = zlib.decompressobj(16 + zlib.MAX_WBITS)
             with open(path, "rb") as fh:
                 while chunk := fh.read(1 << 20):
-                    out = decomp.decompress(chunk)
-                    if len(head) < 544:
-                        head += out[: 544 - len(head)]
-                    total += len(out)
-                    while decomp.unused_data:  # concatenated gzip members
+                    data += decomp.decompress(chunk)
+                    while decomp.eof and decomp.unused_data:  # concatenated gzip members
                         rest = decomp.unused_data
                         decomp = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                        out = decomp.decompress(rest)
-                        total += len(out)
+                        data += decomp.decompress(rest)
             if not decomp.eof:
                 raise InputError("truncated gzip stream (the file ended before its end marker)", path)
         else:
-            total = path.stat().st_size
-            with open(path, "rb") as fh:
-                head = fh.read(544)
+            data = path.read_bytes()
     except (zlib.error, OSError, EOFError, gzip.BadGzipFile) as exc:
         raise InputError(f"corrupt compressed data ({exc})", path) from None
-    if len(head) < 348:
+    if len(data) < 348:
         raise InputError("truncated NIfTI header", path)
     for endian in "<>":
-        (hdr_size,) = struct.unpack(endian + "i", head[:4])
+        (hdr_size,) = struct.unpack_from(endian + "i", data, 0)
         if hdr_size == 348:
-            (vox_offset,) = struct.unpack(endian + "f", head[108:112])
-            return int(vox_offset), total - int(vox_offset)
-        if hdr_size == 540 and len(head) >= 176:
-            (vox_offset,) = struct.unpack(endian + "q", head[168:176])
-            return int(vox_offset), total - int(vox_offset)
+            (datatype,) = struct.unpack_from(endian + "h", data, 70)
+            offset = int(struct.unpack_from(endian + "f", data, 108)[0])
+        elif hdr_size == 540 and len(data) >= 540:
+            (datatype,) = struct.unpack_from(endian + "h", data, 12)
+            offset = int(struct.unpack_from(endian + "q", data, 168)[0])
+        else:
+            continue
+        nonfinite = 0
+        if datatype in _NIFTI_FLOAT:
+            dtype = np.dtype(endian + _NIFTI_FLOAT[datatype])
+            n = max(0, len(data) - offset) // dtype.itemsize
+            values = np.frombuffer(data, dtype=dtype, count=n, offset=min(offset, len(data)))
+            nonfinite = int(n - np.isfinite(values).sum())
+        return _NiftiPayload(offset, len(data) - offset, nonfinite)
     return None
 
 
-def read_image(path: str | Path) -> sitk.Image:
-    """Read one 3D scalar image, refusing anything that is not one with an :class:`InputError`."""
+def read_image(path: str | Path) -> tuple[sitk.Image, int]:
+    """Read one 3D scalar image, refusing anything that is not one with an :class:`InputError`.
+
+    Returns the image and the number of NaN/Inf voxels the file holds that the reader has
+    already replaced (SimpleITK's NIfTI reader does so silently); other formats keep them.
+    """
     path = Path(path)
     if not path.exists():
         raise InputError("file not found", path)
@@ -165,16 +182,17 @@ def read_image(path: str | Path) -> sitk.Image:
     if reader.GetNumberOfComponents() != 1:
         raise InputError(
             f"has {reader.GetNumberOfComponents()} components per voxel; one scalar channel per file is needed", path)
-    nifti = _nifti_data_bytes(path)
+    nifti = _nifti_payload(path)
     if nifti is not None:
         itemsize = sitk.GetArrayViewFromImage(sitk.Image([1, 1, 1], reader.GetPixelID())).itemsize
         need = int(np.prod(size)) * itemsize
-        if nifti[1] < need:
-            raise InputError(f"truncated: {nifti[1]} of {need} voxel bytes present", path)
+        if nifti.available < need:
+            raise InputError(f"truncated: {max(nifti.available, 0)} of {need} voxel bytes present", path)
     try:
-        return reader.Execute()
+        image = reader.Execute()
     except RuntimeError as exc:
         raise InputError(_itk_problem(exc), path) from None
+    return image, (nifti.nonfinite if nifti is not None else 0)
 
 
 def read_channels(paths: Mapping[str, str | Path]) -> Volume:
@@ -190,7 +208,7 @@ def read_channels(paths: Mapping[str, str | Path]) -> Volume:
     notes: list[str] = []
     ref_name, ref_geom = None, None
     for name, p in paths.items():
-        image = read_image(p)
+        image, repaired = read_image(p)
         geom = Geometry.of(image)
         if ref_geom is None:
             ref_name, ref_geom = name, geom
@@ -204,7 +222,8 @@ def read_channels(paths: Mapping[str, str | Path]) -> Volume:
         bad = ~np.isfinite(arr)
         if bad.any():
             arr = np.where(bad, np.float32(0), arr)
-            notes.append(f"{p}: {int(bad.sum())} NaN/Inf voxels were set to 0")
+        if bad.any() or repaired:
+            notes.append(f"{p}: {max(int(bad.sum()), repaired)} NaN/Inf voxels were set to 0")
         channels[name] = arr
     return Volume(channels, ref_geom, {k: Path(v) for k, v in paths.items()}, notes)
 
