@@ -117,7 +117,7 @@ def train_standin(out: str | Path, n_cases: int = 10, epochs: int = 6, seed: int
     eroded = torch.from_numpy(np.stack([ndimage.binary_erosion(a, struct, 1) for a in m_np]).astype(np.float32))[:, None]
     dilated = torch.from_numpy(np.stack([ndimage.binary_dilation(a, struct, 2) for a in m_np]).astype(np.float32))[:, None]
 
-    archs = inference_architectures(len(CHANNELS), ("compact_classifier", {"width": width, "blocks": 4, "upsample": 2.0}),
+    archs = inference_architectures(len(CHANNELS), ("compact_classifier", {"width": width, "blocks": 4, "upsample": 1.0}),
                                     unet_width=width, latent=32)
     models = {k: build(a, kw) for k, (a, kw) in archs.items()}
     pos_weight = (len(y) - y.sum()) / y.sum().clamp_min(1)

@@ -69,14 +69,15 @@ def normalize_channel(volume: np.ndarray, percentiles: Sequence[float] = (1.0, 9
     nz = v != 0
     if not nz.any():
         return np.zeros_like(v)
-    lo, hi = np.percentile(v[nz], percentiles)
-    out = np.where(nz, np.clip(v, lo, hi), np.float32(0)).astype(np.float32)
-    vmin, vmax = float(out.min()), float(out.max())
-    if vmax - vmin <= 0:
+    lo, hi = (float(q) for q in np.percentile(v[nz], percentiles))
+    # min-max of the clipped volume (its zero background included, if any); the background
+    # is kept at exactly 0 even when intensities are signed (z-scored volumes)
+    vmin = lo if nz.all() else min(lo, 0.0)
+    if hi - vmin <= 0:
         return np.zeros_like(v)
-    out -= vmin
-    out *= np.float32(1.0 / (vmax - vmin))
-    return out
+    out = (np.clip(v, lo, hi) - np.float32(vmin)) * np.float32(1.0 / (hi - vmin))
+    out[~nz] = 0
+    return out.astype(np.float32, copy=False)
 
 
 def normalize_channels(channels: Mapping[str, np.ndarray], names: Sequence[str],

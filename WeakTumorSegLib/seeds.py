@@ -5,10 +5,11 @@ smooth masks M_i and weighting each mask by the classifier's output on the maske
 
     e = sum_i p(x * M_i) M_i / (N * p1)
 
-Masks are made as in RISE: an ``cells x cells`` binary grid (each cell kept with probability
+Masks are made as in RISE: a ``cells x cells`` binary grid (each cell kept with probability
 p1) is upsampled bilinearly to ``(cells + 1) * ceil(size / cells)`` and cropped at a random
-shift. They are generated batch by batch from a seeded generator, so the N full-size masks are
-never all in memory and the same seed gives the same masks.
+shift. Grids and shifts are drawn from a seeded generator up front; the full-size masks are
+built batch by batch, so the N full-size masks are never all in memory, and the same seed gives
+the same masks whatever the batch size.
 
 Decisions where 000 is silent (DESIGN.md): maps are computed at the classifier's resolution (the
 patch upsampled x2, as C sees it) and resampled to the patch size; each map is min-max
@@ -40,43 +41,60 @@ class RiseConfig:
         return asdict(self)
 
 
-def generate_masks(count: int, size: tuple[int, int], cells: int, p1: float,
-                   generator: torch.Generator, device: torch.device | str = "cpu") -> torch.Tensor:
-    """``count`` RISE masks ``(count, 1, H, W)`` in [0, 1]."""
-    h, w = size
-    cell_h, cell_w = math.ceil(h / cells), math.ceil(w / cells)
-    up_h, up_w = (cells + 1) * cell_h, (cells + 1) * cell_w
-    grid = (torch.rand(count, 1, cells, cells, generator=generator) < p1).float()
-    up = F.interpolate(grid, size=(up_h, up_w), mode="bilinear", align_corners=False)
-    dy = torch.randint(0, cell_h, (count,), generator=generator)
-    dx = torch.randint(0, cell_w, (count,), generator=generator)
-    rows = (dy[:, None] + torch.arange(h)[None, :])  # (count, H)
-    cols = (dx[:, None] + torch.arange(w)[None, :])  # (count, W)
-    idx = torch.arange(count)[:, None, None]
-    masks = up[:, 0][idx, rows[:, :, None], cols[:, None, :]]
-    return masks[:, None].to(device)
+class MaskSource:
+    """The N RISE masks of one run, drawn up front as small grids and shifts from a seeded
+    generator and expanded to full size one batch at a time.
+
+    All random numbers are drawn before any mask is built, so the masks do not depend on the
+    batch size, and only one batch of full-size masks exists at a time.
+    """
+
+    def __init__(self, n_masks: int, size: tuple[int, int], cells: int, p1: float, seed: int):
+        h, w = size
+        gen = torch.Generator().manual_seed(seed)
+        self.size, self.n = (h, w), n_masks
+        self.cell = (math.ceil(h / cells), math.ceil(w / cells))
+        self.up = ((cells + 1) * self.cell[0], (cells + 1) * self.cell[1])
+        self.grids = (torch.rand(n_masks, 1, cells, cells, generator=gen) < p1).float()
+        self.dy = torch.randint(0, self.cell[0], (n_masks,), generator=gen)
+        self.dx = torch.randint(0, self.cell[1], (n_masks,), generator=gen)
+
+    def masks(self, start: int, stop: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Masks ``start:stop`` as ``(stop - start, 1, H, W)`` in [0, 1]."""
+        h, w = self.size
+        up = F.interpolate(self.grids[start:stop].to(device), size=self.up, mode="bilinear",
+                           align_corners=False).clamp_(0, 1)
+        rows = self.dy[start:stop, None].to(device) + torch.arange(h, device=device)[None, :]
+        cols = self.dx[start:stop, None].to(device) + torch.arange(w, device=device)[None, :]
+        idx = torch.arange(stop - start, device=device)[:, None, None]
+        return up[:, 0][idx, rows[:, :, None], cols[:, None, :]][:, None]
+
+
+def generate_masks(count: int, size: tuple[int, int], cells: int, p1: float, seed: int = 0,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
+    """All ``count`` RISE masks of a run at once, ``(count, 1, H, W)`` (for tests and references;
+    :func:`rise_maps` builds them batch by batch)."""
+    return MaskSource(count, size, cells, p1, seed).masks(0, count, device)
 
 
 def rise_maps(predict: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, config: RiseConfig,
               progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """RISE saliency ``(N, H, W)`` of ``predict`` (probabilities ``(B,)``) for ``images`` ``(N, C, H, W)``.
 
-    The same masks explain every image. ``progress(k)`` is called after each of the
-    ``ceil(n_masks / batch)`` mask batches.
+    The same masks explain every image. ``progress(k)`` is called after each mask batch with
+    the number of masks used so far.
     """
     n, _, h, w = images.shape
-    gen = torch.Generator().manual_seed(config.seed)
+    source = MaskSource(config.n_masks, (h, w), config.cells, config.p1, config.seed)
     sal = torch.zeros(n, h, w, dtype=torch.float64, device=images.device)
-    done = 0
-    while done < config.n_masks:
-        b = min(config.batch, config.n_masks - done)
-        masks = generate_masks(b, (h, w), config.cells, config.p1, gen, images.device)  # (b,1,H,W)
+    for start in range(0, config.n_masks, config.batch):
+        stop = min(start + config.batch, config.n_masks)
+        masks = source.masks(start, stop, images.device)  # (b, 1, H, W)
         for i in range(n):
             p = predict(images[i:i + 1] * masks)  # (b,)
             sal[i] += torch.einsum("b,bhw->hw", p.double(), masks[:, 0].double())
-        done += b
         if progress:
-            progress(done)
+            progress(stop)
     return (sal / (config.n_masks * config.p1)).float()
 
 
