@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from WeakTumorSegLib.io import read_segmentation
 from WeakTumorSegLib.phantoms import make_phantom, write_case
 
-from conftest import channel_args, run_cli
+from conftest import REPO_ROOT, channel_args, run_cli
 
 
 def _oblique_direction() -> tuple[float, ...]:
@@ -23,15 +23,15 @@ def _oblique_direction() -> tuple[float, ...]:
 
 
 @pytest.fixture(scope="module")
-def oblique_run(tmp_path_factory, tiny_bundle):
+def oblique_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("oblique")
     ph = make_phantom(shape=(10, 150, 170), seed=11)
     paths = write_case(ph, root / "case", "OBL", spacing=(0.9, 0.9, 3.0), direction=_oblique_direction(),
                        origin=(-91.5, 120.25, -33.0))
     out = root / "out"
-    # gate everything in so that the mask is not trivially empty: the tiny bundle is untrained
-    proc = run_cli("segment", "--bundle", str(tiny_bundle), "--out", str(out), "--device", "cpu",
-                   "--progress", "none", "--seeds", "--seed-masks", "20", *channel_args(paths))
+    # the shipped (phantom-trained) default bundle, so that the mask is not trivially empty
+    proc = run_cli("segment", "--out", str(out), "--device", "cpu", "--progress", "none", "--seeds",
+                   "--seed-masks", "40", *channel_args(paths))
     return paths, out, proc
 
 
@@ -61,7 +61,9 @@ def test_seg_nrrd_tumor_equals_nifti_mask_and_geometry(oblique_run):
     mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "OBL_flair_mask.nii.gz")))
     segments = read_segmentation(out / "OBL_flair.seg.nrrd")
     assert set(segments) == {"Tumor", "Positive seeds", "Negative seeds"}
+    assert mask.sum() > 100
     np.testing.assert_array_equal(segments["Tumor"], mask)
+    assert segments["Positive seeds"].sum() > 0 and segments["Negative seeds"].sum() > 0
 
     data, header = nrrd.read(str(out / "OBL_flair.seg.nrrd"))
     ref = sitk.ReadImage(str(paths["flair"]))
@@ -87,9 +89,41 @@ def test_slice_table_and_report(oblique_run):
     mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "OBL_flair_mask.nii.gz")))
     assert [int(r["tumor_pixels"]) for r in rows] == mask.sum(axis=(1, 2)).tolist()
     report = json.loads((out / "OBL_flair_report.json").read_text())
-    assert report["bundle"]["name"] == "tiny-test"
+    assert report["bundle"]["name"] == "phantom-standin"
     assert report["device"] == "cpu"
     assert report["threshold"] == pytest.approx(0.2)
     for stage in ("read", "preprocess", "classify", "segment", "convert", "postprocess", "write", "total"):
         assert stage in report["timings_s"]
     assert report["counts"]["slices"] == 10
+
+
+DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.mark.data
+@pytest.mark.skipif(not (DATA / "lgg").is_dir(), reason="real patient data ../shared/data/lgg is absent")
+def test_real_lgg_volume_round_trips_geometry(tmp_path, tiny_bundle):
+    case = sorted(p for p in (DATA / "lgg").iterdir() if p.is_dir())[0]
+    paths = {c: case / f"{case.name}_{c}.nii.gz" for c in ("flair", "t1", "t1ce")}
+    proc = run_cli("segment", "--bundle", tiny_bundle, "--out", tmp_path, "--progress", "none",
+                   *channel_args(paths))
+    assert proc.returncode == 0, proc.stderr
+    ref = sitk.ReadImage(str(paths["flair"]))
+    mask = sitk.ReadImage(str(tmp_path / f"{case.name}_flair_mask.nii.gz"))
+    assert mask.GetSize() == ref.GetSize()
+    np.testing.assert_allclose(mask.GetDirection(), ref.GetDirection(), atol=1e-6)
+    with open(tmp_path / f"{case.name}_flair_slices.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == ref.GetSize()[2]
+
+
+@pytest.mark.data
+@pytest.mark.skipif(not (DATA / "brats_samples").is_dir(), reason="BraTS sample ../shared/data/brats_samples is absent")
+def test_brats_channels_map_to_bundle_channels(tmp_path, tiny_bundle):
+    case = DATA / "brats_samples" / "BraTS-GLI-00001-000"
+    given = {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w"}
+    proc = run_cli("segment", "--bundle", tiny_bundle, "--out", tmp_path, "--progress", "none",
+                   *[f"-c{c}={case / f'{case.name}-{s}.nii.gz'}" for c, s in given.items()])
+    assert proc.returncode == 0, proc.stderr
+    assert "channel 't2'" in proc.stderr and "ignored" in proc.stderr
+    mask = sitk.ReadImage(str(tmp_path / f"{case.name}-t2f_mask.nii.gz"))
+    assert mask.GetSize() == (240, 240, 155)

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from WeakTumorSegLib.bundle import MODELS_DIR, Bundle, default_bundle_dir
 from WeakTumorSegLib.inference import segment_arrays
-from WeakTumorSegLib.io import read_channels, read_segmentation
+from WeakTumorSegLib.io import read_segmentation
 from WeakTumorSegLib.phantoms import make_phantom
 
 from conftest import REPO_ROOT as ROOT, run_cli
@@ -54,7 +54,7 @@ def test_cli_on_sample_lands_on_the_tumour(tmp_path):
     assert str(tmp_path) in proc.stdout  # the summary says where the outputs are
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE / f"{case}_seg.nii.gz")))
     mask = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"{case}_flair_mask.nii.gz")))
-    assert dice(mask, truth) >= 0.6
+    assert dice(mask, truth) >= 0.75
     assert read_segmentation(tmp_path / f"{case}_flair.seg.nrrd")["Tumor"].sum() == mask.sum()
     report = json.loads((tmp_path / f"{case}_flair_report.json").read_text())
     assert report["bundle"]["name"] == "phantom-standin"
@@ -64,7 +64,7 @@ def test_cli_on_sample_lands_on_the_tumour(tmp_path):
 def test_unseen_phantoms_are_segmented(bundle, seed):
     ph = make_phantom(shape=(20, 170, 180), n_tumors=1, seed=seed)
     result = segment_arrays(bundle, ph.channels, "cpu")
-    assert dice(result.mask, ph.mask) >= 0.5
+    assert dice(result.mask, ph.mask) >= 0.7
     # no tumour found far from the truth: slices without tumour stay (nearly) empty
     healthy_slices = ph.slice_labels == 0
     assert result.mask[healthy_slices].sum() <= 0.05 * ph.mask.sum()

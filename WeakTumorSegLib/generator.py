@@ -129,3 +129,138 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_code(x)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses of the DCGAN (G, D0) and of the converter U (D1) - 000 section 2.2, Eqs. 1-10.
+# ---------------------------------------------------------------------------------------------
+
+#: Lower clamp on probabilities before a logarithm (and ``1 - eps`` upper clamp).
+LOSS_EPS = 1e-7
+#: Lower clamp on the standard deviation of a code vector in :func:`kl_loss`.
+SIGMA_MIN = 1e-6
+
+
+def _flat_images(t: torch.Tensor, name: str) -> torch.Tensor:
+    """``(B, ...)`` -> ``(B, P)`` with ``P`` the pixels of one image; bool/int become float."""
+    if t.dim() < 2:
+        raise ValueError(f"{name} must have a batch dimension and pixels, got shape {tuple(t.shape)}")
+    if not torch.is_floating_point(t):
+        t = t.float()
+    return t.reshape(t.shape[0], -1)
+
+
+def _same_pixels(ref: torch.Tensor, *others: tuple[torch.Tensor, str]) -> None:
+    for t, name in others:
+        if t.shape != ref.shape:
+            raise ValueError(f"{name} has {tuple(t.shape)} (batch, pixels); expected {tuple(ref.shape)}")
+
+
+def discriminator_loss(d_real: torch.Tensor, d_fake: torch.Tensor, real_label: float = 0.9,
+                       fake_label: float = 0.1) -> torch.Tensor:
+    """BCE loss of a discriminator, ``L_D0`` (Eq. 1) and ``L_D1`` (Eq. 6).
+
+    ``d_real`` are the discriminator's probabilities on real images (``X_NC,FLAIR``), ``d_fake``
+    those on generated images (``g = G(z)`` for D0, ``x_hat = U(x_C,FLAIR)`` for D1); any
+    shape, one value per image (the :class:`Discriminator` ends in a sigmoid, so these are
+    probabilities, not logits).
+
+    Decisions:
+
+    * Label smoothing: targets are ``real_label = 0.9`` for real and ``fake_label = 0.1`` for
+      generated images, as Eqs. 1 and 6 state. The text calls this "one-sided" but both labels
+      are smoothed; the equations are followed (DIGEST ambiguity 4).
+    * Averaging: Eq. 1 is ``-(1/N) sum_k`` over every input ``x_in^k`` of both batches, so the
+      loss is the mean over the concatenation of the real and generated batches. With two
+      batches of the same size B (the paper's setting) this equals
+      ``(mean_real + mean_fake) / 2``; with unequal sizes each image weighs the same.
+    * Probabilities are clamped to ``[1e-7, 1 - 1e-7]`` before the logarithms so a saturated
+      discriminator gives a finite loss (the gradient is zero where the clamp is active).
+
+    The minimum over D of this loss is the binary entropy ``H(0.9)`` (reached at D = 0.9 on
+    reals and 0.1 on fakes), not 0.
+    """
+    p = torch.cat([d_real.reshape(-1), d_fake.reshape(-1)]).clamp(LOSS_EPS, 1.0 - LOSS_EPS)
+    y = torch.cat([torch.full_like(d_real.reshape(-1), real_label),
+                   torch.full_like(d_fake.reshape(-1), fake_label)])
+    return -(y * torch.log(p) + (1.0 - y) * torch.log(1.0 - p)).mean()
+
+
+def generator_adversarial_loss(d_fake: torch.Tensor) -> torch.Tensor:
+    """``L_G`` (Eq. 3) and ``L_adv`` (Eq. 7): ``-mean_k log D(g^k)``.
+
+    ``d_fake`` are the discriminator's probabilities on generated images (any shape, one per
+    image). This is the non-saturating generator loss with target 1 (not the smoothed 0.9), as
+    written in Eqs. 3 and 7. Probabilities are clamped to ``>= 1e-7`` before the logarithm.
+    """
+    return -torch.log(d_fake.reshape(-1).clamp_min(LOSS_EPS)).mean()
+
+
+def reconstruction_loss(x: torch.Tensor, x_hat: torch.Tensor, neg_seeds: torch.Tensor) -> torch.Tensor:
+    """``L_recon`` (Eq. 8): L1 between ``x_C,FLAIR`` and ``U(x_C,FLAIR)`` on the negative seeds.
+
+    Per image ``k``: ``sum_ij s-_ij |x - x_hat|_ij / sum_ij s-_ij``; then the mean over the
+    ``B`` images of the batch (Eq. 8's ``1/N``, computed per minibatch as the paper does).
+
+    ``x`` and ``x_hat`` are ``(B, 1, H, W)`` or ``(B, H, W)``; ``neg_seeds`` has the same number
+    of pixels per image (either layout), bool or float (float values act as weights).
+
+    Decision: an image without any negative seed (``sum s- = 0``, where Eq. 8 divides by zero)
+    contributes 0 to the sum but still counts in the mean over ``B``. The paper trains U only on
+    images whose negative seeds are not empty, so this only guards against a division by zero.
+    """
+    xf, xh, s = _flat_images(x, "x"), _flat_images(x_hat, "x_hat"), _flat_images(neg_seeds, "neg_seeds")
+    _same_pixels(xf, (xh, "x_hat"), (s, "neg_seeds"))
+    s = s.to(xf.dtype)
+    area = s.sum(1)
+    num = (s * (xf - xh).abs()).sum(1)
+    per_image = torch.where(area > 0, num / area.clamp_min(1e-12), torch.zeros_like(num))
+    return per_image.mean()
+
+
+def kl_loss(code: torch.Tensor) -> torch.Tensor:
+    """``L_KL`` (Eq. 9) on the encoder's codes ``z_hat = E(x_C,FLAIR)`` (Eq. 4).
+
+    ``L = -(1/B) sum_k (2 log sigma_k - sigma_k^2 - mu_k^2 + 1)`` where ``mu_k`` and
+    ``sigma_k`` are the mean and standard deviation of image ``k``'s code vector.
+
+    Decisions:
+
+    * ``mu`` and ``sigma`` are the empirical statistics of the elements of each code vector
+      (the encoder has no separate mean / log-variance heads; the text's "mean and standard
+      deviation of z_hat" suggests this; DIGEST ambiguity 3). The loss therefore pushes each
+      code's elements towards mean 0 and standard deviation 1.
+    * ``sigma`` is the biased (population) standard deviation (divide by the latent size, not
+      latent size - 1), so a code like ``[1, -1, 1, -1]`` has ``sigma = 1`` and loss 0.
+    * ``sigma`` is clamped to ``>= 1e-6`` before the logarithm.
+    * As written in the paper, this is twice the standard ``KL(N(mu, sigma^2) || N(0, 1))
+      = (sigma^2 + mu^2 - 1 - 2 log sigma) / 2``; the factor 2 is kept (it only rescales
+      gamma). The minimum, 0, is at ``mu = 0, sigma = 1``.
+
+    ``code`` is ``(B, latent)``; ``(B, latent, 1, 1)`` is flattened.
+    """
+    z = code.reshape(code.shape[0], -1)
+    mu = z.mean(1)
+    sigma = z.std(1, unbiased=False).clamp_min(SIGMA_MIN)
+    return -(2.0 * torch.log(sigma) - sigma ** 2 - mu ** 2 + 1.0).mean()
+
+
+def converter_loss(x: torch.Tensor, x_hat: torch.Tensor, neg_seeds: torch.Tensor, d1_fake: torch.Tensor,
+                   code: torch.Tensor, alpha: float, beta: float,
+                   gamma: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Loss of the converter U, ``L_U = alpha L_recon + beta L_adv + gamma L_KL`` (Eq. 10).
+
+    ``x`` / ``x_hat``: input cancerous FLAIR and U's output; ``neg_seeds``: their negative
+    seeds (:func:`reconstruction_loss`, Eq. 8); ``d1_fake``: D1's probabilities on ``x_hat``
+    (:func:`generator_adversarial_loss`, Eq. 7); ``code``: the encoder's code
+    (:func:`kl_loss`, Eq. 9). The paper uses ``alpha=10, beta=0.05, gamma=1`` on BraTS and
+    ``alpha=50`` on pLGG.
+
+    Returns ``(total, {"recon": ..., "adv": ..., "kl": ...})``; the parts are the unweighted
+    terms, still attached to the graph (call ``.item()`` to log them).
+    """
+    parts = {"recon": reconstruction_loss(x, x_hat, neg_seeds),
+             "adv": generator_adversarial_loss(d1_fake),
+             "kl": kl_loss(code)}
+    total = alpha * parts["recon"] + beta * parts["adv"] + gamma * parts["kl"]
+    return total, parts

@@ -109,7 +109,6 @@ def train_standin(out: str | Path, n_cases: int = 10, epochs: int = 6, seed: int
     data = make_dataset(n_cases, seed, pp)
     x = torch.from_numpy(data["x"])
     y = torch.from_numpy(data["label"])
-    m = torch.from_numpy(data["mask"].astype(np.float32))[:, None]
     h = torch.from_numpy(data["healthy"])
     log(f"{len(x)} patches, {int(y.sum())} with tumour")
     struct = ndimage.generate_binary_structure(2, 1)

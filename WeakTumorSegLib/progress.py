@@ -13,6 +13,9 @@ from typing import TextIO
 from tqdm import tqdm
 
 MODES = ("bar", "json", "none")
+#: What a stage counts, shown on its bar.
+UNITS = {"read": "file", "classify": "patch", "segment": "patch", "convert": "patch", "seeds": "mask batch",
+         "write": "file"}
 
 
 class Progress:
@@ -36,7 +39,7 @@ class Progress:
                 self.close()
                 self._stage = stage
                 self._bar = tqdm(total=max(int(total), 1), desc=f"{stage:<11}", file=self.stream or sys.stderr,
-                                 leave=True, dynamic_ncols=True, unit="it")
+                                 leave=True, dynamic_ncols=True, unit=UNITS.get(stage, "step"))
             bar = self._bar
             bar.total = max(int(total), 1)
             bar.n = min(int(done), bar.total) if total else bar.total

@@ -1,0 +1,269 @@
+"""Training losses of 000 (Eqs. 1-16) against hand computations on tiny tensors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from WeakTumorSegLib.generator import (converter_loss, discriminator_loss, generator_adversarial_loss,
+                                       kl_loss, reconstruction_loss)
+from WeakTumorSegLib.segmenter import (SegmenterLossWeights, seed_loss, segmenter_loss, size_loss,
+                                       variation_loss)
+
+
+def t(*rows) -> torch.Tensor:
+    """One image per argument, each a list of rows -> ``(B, 1, H, W)`` float64 tensor."""
+    return torch.tensor([[r] for r in rows], dtype=torch.float64)
+
+
+def bce(p: float, y: float) -> float:
+    return -(y * math.log(p) + (1 - y) * math.log(1 - p))
+
+
+# ---------------------------------------------------------------------------------------------
+# Discriminator / generator (Eqs. 1, 3, 6, 7)
+# ---------------------------------------------------------------------------------------------
+
+def test_discriminator_minimum_is_binary_entropy_of_smoothed_labels():
+    h09 = -(0.9 * math.log(0.9) + 0.1 * math.log(0.1))  # binary entropy H(0.9) = H(0.1)
+    best = discriminator_loss(torch.tensor([0.9, 0.9], dtype=torch.float64),
+                              torch.tensor([0.1, 0.1], dtype=torch.float64))
+    assert best.item() == pytest.approx(h09, abs=1e-12)
+    # A more confident discriminator (1 / 0 targets) is penalised by the smoothing.
+    for real, fake in [(0.99, 0.01), (0.8, 0.2), (0.9, 0.2), (0.95, 0.1)]:
+        other = discriminator_loss(torch.tensor([real, real]), torch.tensor([fake, fake]))
+        assert other.item() > h09
+
+
+def test_discriminator_loss_hand_value_mean_over_concatenation():
+    # Two equal batches: mean over 4 inputs.
+    expected = (bce(0.8, 0.9) + bce(0.6, 0.9) + bce(0.3, 0.1) + bce(0.05, 0.1)) / 4
+    got = discriminator_loss(torch.tensor([0.8, 0.6], dtype=torch.float64),
+                             torch.tensor([0.3, 0.05], dtype=torch.float64))
+    assert got.item() == pytest.approx(expected, rel=1e-12)
+    # Unequal batches: every image weighs the same (mean over the 3 inputs).
+    expected = (bce(0.8, 0.9) + bce(0.6, 0.9) + bce(0.3, 0.1)) / 3
+    got = discriminator_loss(torch.tensor([0.8, 0.6], dtype=torch.float64),
+                             torch.tensor([0.3], dtype=torch.float64))
+    assert got.item() == pytest.approx(expected, rel=1e-12)
+    # Custom labels (unsmoothed 1 / 0).
+    expected = (-math.log(0.8) - math.log(1 - 0.3)) / 2
+    got = discriminator_loss(torch.tensor([0.8], dtype=torch.float64), torch.tensor([0.3], dtype=torch.float64),
+                             real_label=1.0, fake_label=0.0)
+    assert got.item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_discriminator_loss_finite_when_saturated():
+    got = discriminator_loss(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))
+    assert torch.isfinite(got)
+
+
+def test_generator_adversarial_loss_hand_value_and_grad():
+    d_fake = torch.tensor([0.5, 0.25], dtype=torch.float64, requires_grad=True)
+    loss = generator_adversarial_loss(d_fake)
+    assert loss.item() == pytest.approx(-(math.log(0.5) + math.log(0.25)) / 2, rel=1e-12)
+    loss.backward()
+    # d/dp of -log(p)/2 is -1/(2p).
+    assert d_fake.grad.tolist() == pytest.approx([-1 / (2 * 0.5), -1 / (2 * 0.25)])
+    assert torch.isfinite(generator_adversarial_loss(torch.tensor([0.0])))
+
+
+# ---------------------------------------------------------------------------------------------
+# Converter (Eqs. 8-10)
+# ---------------------------------------------------------------------------------------------
+
+X1 = [[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]]
+XH1 = [[0.0, 0.2, 0.9], [0.4, 0.1, 0.6]]
+NEG1 = [[1, 1, 0], [0, 1, 0]]
+
+
+def test_reconstruction_loss_counts_only_negative_seed_pixels():
+    # Seeded |x - x_hat|: 0.1, 0.0, 0.4 -> 0.5 / 3 seeds. The 0.6 difference at (0, 2) is unseeded.
+    got = reconstruction_loss(t(X1), t(XH1), t(NEG1))
+    assert got.item() == pytest.approx(0.5 / 3, rel=1e-12)
+    # Changing x_hat off the seeds leaves the loss unchanged.
+    xh = [[0.0, 0.2, 0.0], [1.0, 0.1, 0.0]]
+    assert reconstruction_loss(t(X1), t(xh), t(NEG1)).item() == pytest.approx(0.5 / 3, rel=1e-12)
+
+
+def test_reconstruction_loss_image_without_seeds_contributes_zero():
+    x2 = [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
+    xh2 = [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]
+    no_seed = [[0, 0, 0], [0, 0, 0]]
+    got = reconstruction_loss(t(X1, x2), t(XH1, xh2), t(NEG1, no_seed))
+    assert got.item() == pytest.approx((0.5 / 3 + 0.0) / 2, rel=1e-12)
+    # Layouts: (B, H, W) images with (B, 1, H, W) bool seeds.
+    got2 = reconstruction_loss(t(X1, x2)[:, 0], t(XH1, xh2)[:, 0], t(NEG1, no_seed).bool())
+    assert got2.item() == pytest.approx(got.item(), rel=1e-12)
+
+
+def test_reconstruction_loss_gradient_only_on_seeds():
+    x_hat = t(XH1).requires_grad_(True)
+    reconstruction_loss(t(X1), x_hat, t(NEG1)).backward()
+    g = x_hat.grad[0, 0]
+    # d/dx_hat of |x - x_hat| / 3 = sign(x_hat - x) / 3 on seeds; 0 elsewhere (x == x_hat at (0,1)).
+    assert g[0, 0].item() == pytest.approx(-1 / 3)
+    assert g[1, 1].item() == pytest.approx(-1 / 3)
+    assert g[0, 2].item() == 0.0 and g[1, 0].item() == 0.0 and g[1, 2].item() == 0.0
+
+
+def test_kl_loss_hand_values():
+    # mean 0, population std 1 -> 0.
+    assert kl_loss(torch.tensor([[1.0, -1.0, 1.0, -1.0]])).item() == pytest.approx(0.0, abs=1e-7)
+    # mu = 1, sigma = 1 -> -(0 - 1 - 1 + 1) = 1.
+    assert kl_loss(torch.tensor([[2.0, 0.0, 2.0, 0.0]])).item() == pytest.approx(1.0, rel=1e-6)
+    # mu = 0, sigma = 2 -> -(2 log 2 - 4 + 1) = 3 - 2 log 2 (= 2 * KL(N(0,4) || N(0,1))).
+    v = 3 - 2 * math.log(2)
+    assert v == pytest.approx(2 * 0.5 * (4 + 0 - 1 - math.log(4)))
+    assert kl_loss(torch.tensor([[2.0, -2.0, 2.0, -2.0]])).item() == pytest.approx(v, rel=1e-6)
+    # Batch mean, and the (B, latent, 1, 1) layout.
+    codes = torch.tensor([[1.0, -1.0, 1.0, -1.0], [2.0, 0.0, 2.0, 0.0], [2.0, -2.0, 2.0, -2.0]])
+    assert kl_loss(codes).item() == pytest.approx((0 + 1 + v) / 3, rel=1e-6)
+    assert kl_loss(codes[:, :, None, None]).item() == pytest.approx((0 + 1 + v) / 3, rel=1e-6)
+
+
+def test_kl_loss_positive_otherwise_and_finite_for_constant_code():
+    gen = torch.Generator().manual_seed(0)
+    for scale, shift in [(0.5, 0.0), (1.5, 0.0), (1.0, 0.3)]:
+        code = torch.randn(4, 100, generator=gen)
+        code = (code - code.mean(1, keepdim=True)) / code.std(1, unbiased=False, keepdim=True)
+        assert kl_loss(code * scale + shift).item() > 0
+    constant = kl_loss(torch.zeros(2, 100))
+    assert torch.isfinite(constant) and constant.item() > 0
+
+
+def test_kl_loss_gradient():
+    code = torch.tensor([[2.0, -2.0, 2.0, -2.0]], requires_grad=True)
+    kl_loss(code).backward()
+    assert code.grad.abs().sum().item() > 0
+
+
+def test_converter_loss_weights_parts():
+    x, xh, neg = t(X1), t(XH1), t(NEG1)
+    d1 = torch.tensor([0.25], dtype=torch.float64)
+    code = torch.tensor([[2.0, 0.0, 2.0, 0.0]], dtype=torch.float64)
+    total, parts = converter_loss(x, xh, neg, d1, code, alpha=10.0, beta=0.05, gamma=1.0)
+    assert set(parts) == {"recon", "adv", "kl"}
+    assert parts["recon"].item() == pytest.approx(0.5 / 3)
+    assert parts["adv"].item() == pytest.approx(-math.log(0.25))
+    assert parts["kl"].item() == pytest.approx(1.0)
+    assert total.item() == pytest.approx(10 * 0.5 / 3 + 0.05 * -math.log(0.25) + 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Segmenters (Eqs. 12-16)
+# ---------------------------------------------------------------------------------------------
+
+POS = [[1, 1, 0], [0, 0, 0]]
+NEG = [[0, 0, 0], [0, 1, 1]]
+
+
+def test_seed_loss_sign_of_negative_seeds():
+    pos, neg = t(POS), t(NEG)
+    perfect = t([[1.0, 1.0, 0.5], [0.5, 0.0, 0.0]])  # 1 on S+, 0 on S-
+    assert seed_loss(perfect, pos, neg).item() == pytest.approx(0.0, abs=1e-6)
+    half = torch.full_like(perfect, 0.5)
+    assert seed_loss(half, pos, neg).item() == pytest.approx(math.log(2), rel=1e-9)
+    swapped = t([[0.0, 0.0, 0.5], [0.5, 1.0, 1.0]])  # 0 on S+, 1 on S-
+    big = seed_loss(swapped, pos, neg).item()
+    assert math.isfinite(big) and big > 10  # -log(1e-7) ~ 16.1
+    assert big == pytest.approx(-math.log(1e-7), rel=1e-3)
+    # m = 1 on the negative seeds alone is heavily penalised (Eq. 12's log(m) on S- would reward it).
+    m_neg_one = t([[1.0, 1.0, 0.5], [0.5, 1.0, 1.0]])
+    assert seed_loss(m_neg_one, pos, neg).item() > 5
+
+
+def test_seed_loss_hand_value_and_images_without_seeds():
+    m = t([[0.8, 0.6, 0.5], [0.5, 0.3, 0.1]])
+    expected = (-math.log(0.8) - math.log(0.6) - math.log(1 - 0.3) - math.log(1 - 0.1)) / 4
+    assert seed_loss(m, t(POS), t(NEG)).item() == pytest.approx(expected, rel=1e-12)
+    # Second image without any seed: contributes 0, still counts in the batch mean.
+    m2 = t([[0.8, 0.6, 0.5], [0.5, 0.3, 0.1]], [[0.9, 0.1, 0.2], [0.3, 0.4, 0.5]])
+    empty = [[0, 0, 0], [0, 0, 0]]
+    got = seed_loss(m2, t(POS, empty), t(NEG, empty))
+    assert got.item() == pytest.approx(expected / 2, rel=1e-12)
+    # All images without seeds: 0, no NaN.
+    assert seed_loss(m2, t(empty, empty), t(empty, empty)).item() == 0.0
+    # Bool seeds in the (B, H, W) layout give the same value.
+    got_bool = seed_loss(m2[:, 0], t(POS, empty).bool()[:, 0], t(NEG, empty).bool())
+    assert got_bool.item() == pytest.approx(got.item(), rel=1e-12)
+
+
+def test_seed_loss_only_positive_or_only_negative_seeds():
+    m = t([[0.8, 0.6, 0.5], [0.5, 0.3, 0.1]])
+    empty = t([[0, 0, 0], [0, 0, 0]])
+    # A non-cancerous image: no positive seeds, negative seeds everywhere.
+    everywhere = t([[1, 1, 1], [1, 1, 1]])
+    expected = -sum(math.log(1 - v) for v in (0.8, 0.6, 0.5, 0.5, 0.3, 0.1)) / 6
+    assert seed_loss(m, empty, everywhere).item() == pytest.approx(expected, rel=1e-12)
+    expected = (-math.log(0.8) - math.log(0.6)) / 2
+    assert seed_loss(m, t(POS), empty).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_variation_loss_weighting_by_one_minus_m():
+    x = [[0.5, 0.2, 0.4], [0.0, 0.3, 0.1]]
+    xh = [[0.0, 0.0, 0.0], [0.0, 0.3, 0.0]]  # |x - x_hat| = 0.5, 0.2, 0.4, 0, 0, 0.1
+    m = [[1.0, 0.0, 0.5], [0.0, 0.2, 0.0]]
+    # (1-m)|d|: 0 (m = 1 ignores the 0.5 difference), 0.2, 0.2, 0, 0, 0.1 -> 0.5 over 6 pixels.
+    assert variation_loss(t(m), t(x), t(xh)).item() == pytest.approx(0.5 / 6, rel=1e-12)
+    # Where m = 1 the difference is ignored: change x_hat there, same loss.
+    xh_b = [[0.9, 0.0, 0.0], [0.0, 0.3, 0.0]]
+    assert variation_loss(t(m), t(x), t(xh_b)).item() == pytest.approx(0.5 / 6, rel=1e-12)
+    # Non-cancerous image: x_hat = x gives 0; it still counts in the batch mean.
+    assert variation_loss(t(m), t(x), t(x)).item() == 0.0
+    got = variation_loss(t(m, m), t(x, x), t(xh, x))
+    assert got.item() == pytest.approx(0.5 / 6 / 2, rel=1e-12)
+    # (B, H, W) FLAIR with (B, 1, H, W) m.
+    assert variation_loss(t(m), t(x)[:, 0], t(xh)[:, 0]).item() == pytest.approx(0.5 / 6, rel=1e-12)
+
+
+def test_size_loss_is_mean():
+    m = t([[1.0, 0.0, 0.5], [0.0, 0.2, 0.0]], [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
+    assert size_loss(m).item() == pytest.approx((1.7 / 6 + 1.0) / 2, rel=1e-12)
+
+
+def test_segmenter_loss_combines_parts_with_paper_weights():
+    w = SegmenterLossWeights()
+    assert (w.delta, w.epsilon, w.zeta) == (4.0, 1.0, 0.25)
+    m = t([[0.8, 0.6, 0.5], [0.5, 0.3, 0.1]])
+    x = t([[0.5, 0.2, 0.4], [0.0, 0.3, 0.1]])
+    xh = t([[0.0, 0.0, 0.0], [0.0, 0.3, 0.0]])
+    seed = (-math.log(0.8) - math.log(0.6) - math.log(0.7) - math.log(0.9)) / 4
+    var = (0.2 * 0.5 + 0.4 * 0.2 + 0.5 * 0.4 + 0.0 + 0.0 + 0.9 * 0.1) / 6
+    size = 2.8 / 6
+    total, parts = segmenter_loss(m, t(POS), t(NEG), x, xh)
+    assert set(parts) == {"seed", "var", "size"}
+    assert parts["seed"].item() == pytest.approx(seed, rel=1e-12)
+    assert parts["var"].item() == pytest.approx(var, rel=1e-12)
+    assert parts["size"].item() == pytest.approx(size, rel=1e-12)
+    assert total.item() == pytest.approx(4 * seed + 1 * var + 0.25 * size, rel=1e-12)
+    total2, _ = segmenter_loss(m, t(POS), t(NEG), x, xh, delta=4.0, epsilon=1.0, zeta=0.2)  # pLGG
+    assert total2.item() == pytest.approx(4 * seed + var + 0.2 * size, rel=1e-12)
+
+
+def test_segmenter_loss_gradients_flow_to_m():
+    logits = torch.zeros(2, 1, 2, 3, requires_grad=True)
+    m = torch.sigmoid(logits)
+    x = t([[0.5, 0.2, 0.4], [0.0, 0.3, 0.1]], [[0.1, 0.1, 0.1], [0.1, 0.1, 0.1]]).float()
+    xh = t([[0.0, 0.0, 0.0], [0.0, 0.3, 0.0]], [[0.1, 0.1, 0.1], [0.1, 0.1, 0.1]]).float()
+    empty = [[0, 0, 0], [0, 0, 0]]
+    total, _ = segmenter_loss(m, t(POS, empty).float(), t(NEG, empty).float(), x, xh)
+    total.backward()
+    g = logits.grad
+    assert torch.isfinite(g).all() and g.abs().sum().item() > 0
+    # Positive seeds are pushed up (negative gradient), negative seeds down.
+    assert g[0, 0, 0, 0].item() < 0 and g[0, 0, 1, 2].item() > 0
+    # The unseeded, identical second image only feels the size loss: a positive gradient.
+    assert (g[1] > 0).all()
+
+
+def test_shape_mismatch_raises():
+    m = torch.zeros(1, 1, 2, 3)
+    with pytest.raises(ValueError):
+        seed_loss(m, torch.zeros(1, 1, 3, 2 + 1), torch.zeros(1, 1, 2, 3))
+    with pytest.raises(ValueError):
+        variation_loss(m, torch.zeros(1, 4, 2, 3), torch.zeros(1, 4, 2, 3))
+    with pytest.raises(ValueError):
+        reconstruction_loss(torch.zeros(2, 2, 3), torch.zeros(2, 2, 3), torch.zeros(1, 2, 3))
