@@ -41,9 +41,9 @@ class Progress:
                 self._bar = tqdm(total=max(int(total), 1), desc=f"{stage:<11}", file=self.stream or sys.stderr,
                                  leave=True, dynamic_ncols=True, unit=UNITS.get(stage, "step"))
             bar = self._bar
-            bar.total = max(int(total), 1)
-            bar.n = min(int(done), bar.total) if total else bar.total
-            bar.refresh()
+            target = min(int(done), bar.total) if total else bar.total
+            if target > bar.n:
+                bar.update(target - bar.n)  # tqdm rate-limits redrawing itself
 
     def event(self, **fields) -> None:
         """A final or special record (JSON mode only), e.g. ``event(stage="done", outputs=...)``."""
