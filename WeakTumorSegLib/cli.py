@@ -100,7 +100,65 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--quiet", "-q", action="store_true", help="no progress and no summary (errors still shown)")
     seg.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     seg.set_defaults(func=cmd_segment)
+
+    tr = sub.add_parser(
+        "train", help="train a model bundle from slice-level labels (paper 000, stage by stage)",
+        description="Train a bundle from slice labels only. Each stage checkpoints into the run directory "
+                    "(default: <out>.run beside the bundle); --resume continues a killed run. Under torchrun "
+                    "the stages train with DistributedDataParallel.")
+    tr.add_argument("--data", type=Path, required=True,
+                    help="cohort folder (one sub-folder per patient: <id>_<channel>.nii.gz, optional <id>_seg.nii.gz "
+                         "and <id>_slice_labels.csv) or a manifest CSV (patient, one column per channel, mask, labels)")
+    tr.add_argument("--out", "-o", type=Path, required=True, help="bundle folder to write")
+    tr.add_argument("--preset", default="default", help="paper, default or tiny (default: default)")
+    tr.add_argument("--config", type=Path, default=None, help="JSON file overriding any preset value")
+    tr.add_argument("--channels", default=None,
+                    help="comma-separated channel names, FLAIR included (default: the preset's flair,t1,t1ce)")
+    tr.add_argument("--run-dir", type=Path, default=None, help="run directory (default: <out>.run)")
+    tr.add_argument("--resume", action="store_true", help="continue the run in the run directory")
+    tr.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    tr.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for PyTorch")
+    tr.add_argument("--progress", choices=MODES, default="bar", help="bar (default), json or none")
+    tr.add_argument("--quiet", "-q", action="store_true", help="no progress and no log lines")
+    tr.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    tr.set_defaults(func=cmd_train)
     return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .presets import resolve_config
+    from .train import TrainingRun, setup_distributed
+
+    overrides = {}
+    if args.channels:
+        names = [c.strip().lower() for c in args.channels.split(",") if c.strip()]
+        overrides["channels"] = names
+        if "flair" not in names:
+            raise UsageError("--channels must include flair (the converter and the difference score use it)")
+    config = resolve_config(args.preset, args.config, overrides)
+    run_dir = args.run_dir or args.out.with_name(args.out.name + ".run")
+    if args.out.exists() and not args.resume:
+        raise UsageError("bundle folder already exists; choose another --out or pass --resume", args.out)
+    if not args.data.exists():
+        raise UsageError("data not found", args.data)
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    dist = setup_distributed(args.device)
+    quiet = args.quiet
+    progress = Progress("none" if quiet or not dist.main else args.progress)
+
+    def log(msg: str) -> None:
+        if not quiet and dist.main:
+            progress.close()
+            print(msg, file=sys.stderr if args.progress == "json" else sys.stdout, flush=True)
+
+    run = TrainingRun(run_dir, config, args.data, args.out, dist=dist, resume=args.resume, log=log,
+                      progress=progress)
+    path = run.run()
+    progress.close()
+    progress.event(stage="done", bundle=str(path), stage_seconds={k: round(v, 1) for k, v in run.timings.items()})
+    return 0
 
 
 def _match_channels(given: Sequence[tuple[str, str]], bundle: Bundle) -> tuple[dict[str, str], list[str]]:

@@ -127,8 +127,10 @@ class UNet(nn.Module):
             h = self.skips[i](skips[i], block(h))
         return blocks[-1](h), code.flatten(1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_code(x)[0]
+    def forward(self, x: torch.Tensor, return_code: bool = False):
+        """The output map, or ``(map, code)`` with ``return_code`` (works through DDP)."""
+        out, code = self.forward_with_code(x)
+        return (out, code) if return_code else out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -85,6 +85,9 @@ def rise_maps(predict: Callable[[torch.Tensor], torch.Tensor], images: torch.Ten
     the number of masks used so far.
     """
     n, _, h, w = images.shape
+    if torch.is_grad_enabled():  # explanation only: never build an autograd graph over N forwards
+        with torch.inference_mode():
+            return rise_maps(predict, images, config, progress)
     source = MaskSource(config.n_masks, (h, w), config.cells, config.p1, config.seed)
     sal = torch.zeros(n, h, w, dtype=torch.float64, device=images.device)
     for start in range(0, config.n_masks, config.batch):
@@ -124,8 +127,9 @@ def classifier_rise(classifier, patches: torch.Tensor, config: RiseConfig,
                     progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """RISE maps of a :class:`~WeakTumorSegLib.classifier.Classifier` for ``(N, C, P, P)``
     patches: masks applied at the classifier's upsampled resolution, maps resampled to P."""
-    xu = classifier.upsample_input(patches)
-    maps = rise_maps(classifier.forward_upsampled, xu, config, progress)
+    with torch.inference_mode():
+        xu = classifier.upsample_input(patches)
+        maps = rise_maps(classifier.forward_upsampled, xu, config, progress)
     if maps.shape[-2:] != patches.shape[-2:]:
         maps = F.interpolate(maps[:, None], size=patches.shape[-2:], mode="area")[:, 0]
     return maps

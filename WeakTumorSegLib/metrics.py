@@ -1,0 +1,60 @@
+"""Evaluation metrics: AUC, sensitivity/specificity, Dice (both conventions), seed overlap.
+
+DESIGN.md: report per-volume 3D Dice over tumour-bearing volumes and per-slice mean Dice over
+all evaluated slices with empty-vs-empty = 1 (the paper's convention), and always say which.
+The seed overlap metric (000 section 4.1) is the fraction of positive-seed voxels inside the
+ground truth and the fraction of negative-seed voxels outside it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney statistic, ties counted half); NaN if one class is absent."""
+    y = np.asarray(labels).astype(bool).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), dtype=np.float64)
+    sorted_s = s[order]
+    # average ranks over ties
+    uniq, start = np.unique(sorted_s, return_index=True)
+    ends = np.append(start[1:], len(s))
+    for a, b in zip(start, ends):
+        ranks[order[a:b]] = (a + b + 1) / 2.0
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def sensitivity_specificity(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> tuple[float, float]:
+    y = np.asarray(labels).astype(bool).ravel()
+    pred = np.asarray(scores).ravel() > threshold
+    sens = float((pred & y).sum() / max(y.sum(), 1))
+    spec = float((~pred & ~y).sum() / max((~y).sum(), 1))
+    return sens, spec
+
+
+def dice(a: np.ndarray, b: np.ndarray, empty: float = 1.0) -> float:
+    """Dice of two binary arrays; ``empty`` when both are empty."""
+    a, b = np.asarray(a).astype(bool), np.asarray(b).astype(bool)
+    total = int(a.sum()) + int(b.sum())
+    return empty if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
+def per_slice_dice(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Dice of every slice of ``(N, H, W)`` arrays, empty-vs-empty = 1 (the paper's convention)."""
+    p, t = pred.astype(bool).reshape(len(pred), -1), truth.astype(bool).reshape(len(truth), -1)
+    inter = (p & t).sum(1)
+    total = p.sum(1) + t.sum(1)
+    return np.where(total == 0, 1.0, 2.0 * inter / np.maximum(total, 1))
+
+
+def seed_overlap(pos: np.ndarray, neg: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """(fraction of positive-seed voxels inside ``truth``, fraction of negative-seed voxels outside it)."""
+    pos, neg, t = pos.astype(bool), neg.astype(bool), truth.astype(bool)
+    p = float((pos & t).sum() / pos.sum()) if pos.any() else float("nan")
+    n = float((neg & ~t).sum() / neg.sum()) if neg.any() else float("nan")
+    return p, n
