@@ -81,13 +81,14 @@ class Dist:
             tdist.barrier()
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        """DDP-wrap a model when running distributed. Buffers (BatchNorm statistics) are not
-        re-broadcast at every forward, so a discriminator can run on real and fake batches
-        before its backward; each rank keeps its own running statistics, rank 0's are saved."""
+        """DDP-wrap a model when running distributed. Buffers (BatchNorm statistics) are synced
+        once at start and not re-broadcast at every forward, so a discriminator can run on real
+        and fake batches in one step; rank 0's statistics are saved (and re-estimated over the
+        training data at the end of each stage, see :func:`recalibrate_batchnorm`)."""
         if not self.active:
             return model
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
 
 
 def setup_distributed(device: str = "auto") -> Dist:
@@ -155,6 +156,7 @@ class TrainingRun:
         self.progress = progress if (progress and self.dist.main) else (lambda *a: None)
         self.seed = int(self.config.get("seed", 0))
         self.timings: dict[str, float] = {}
+        self._resumed: dict[str, float] = {}  # seconds a stage ran before a resume
         self.channels = list(self.config["channels"])
         self.flair = self.channels.index(self.config.get("flair_channel", "flair"))
 
@@ -166,8 +168,11 @@ class TrainingRun:
         return (self.stage_dir(stage) / "done.json").is_file()
 
     def _prepare_dir(self) -> None:
+        """Refuse a used run directory unless resuming (every rank checks before rank 0 writes)."""
         cfg_path = self.dir / "config.json"
-        if self.dir.exists() and any(self.dir.iterdir()):
+        used = self.dir.exists() and any(self.dir.iterdir())
+        self.dist.barrier()
+        if used:
             if not self.resume:
                 raise InputError("run directory is not empty; pass --resume to continue it or choose another",
                                  self.dir)
@@ -232,11 +237,13 @@ class TrainingRun:
         if checkpoint_exists(ckpt):
             state, extra = load_checkpoint(ckpt, models, optimizers)
             start, history = int(state["epoch"]), list(state["history"])
+            self._resumed[stage] = float(state.get("elapsed", 0.0))
             for name, sched in schedulers.items():
                 sched.load_state_dict(state["schedulers"][name])
             torch.set_rng_state(extra["rng"])
             self.log(f"{stage}: resuming after epoch {start}/{epochs}")
         salt = STAGES.index(stage) + 1
+        t_stage = time.perf_counter()
         for epoch in range(start, epochs):
             t0 = time.perf_counter()
             for m in models.values():
@@ -267,6 +274,7 @@ class TrainingRun:
                 _write_csv(sdir / "log.csv", history)
                 save_checkpoint(ckpt, models, optimizers,
                                 {"epoch": epoch + 1, "history": history,
+                                 "elapsed": self._resumed.get(stage, 0.0) + time.perf_counter() - t_stage,
                                  "schedulers": {n: s.state_dict() for n, s in schedulers.items()}},
                                 tensors={"rng": torch.get_rng_state()})
             self.dist.barrier()
@@ -278,7 +286,7 @@ class TrainingRun:
                 tensors: Mapping[str, torch.Tensor] | None = None) -> None:
         """Write a stage's outputs and mark it done (rank 0), then drop its epoch checkpoint."""
         sdir = self.stage_dir(stage)
-        seconds = time.perf_counter() - t0 + float(info.get("resumed_seconds", 0.0))
+        seconds = time.perf_counter() - t0 + self._resumed.get(stage, 0.0)
         if self.dist.main:
             sdir.mkdir(parents=True, exist_ok=True)
             for name, model in dict(weights).items():
@@ -309,6 +317,14 @@ class TrainingRun:
                 out.append(fn(x[i:i + batch].to(self.device)).float().cpu())
         return torch.cat(out) if out else torch.zeros(0)
 
+    def _seed(self, stage: str) -> None:
+        """Seed this stage's initial weights (the same on every rank)."""
+        torch.manual_seed(self.seed * 1000 + STAGES.index(stage))
+
+    def _seed_rank(self, stage: str) -> None:
+        """Seed the stage's sampling (noise, random picks) differently on every rank."""
+        torch.manual_seed(self.seed * 1000 + STAGES.index(stage) + 7919 * (self.dist.rank + 1))
+
     def _skip(self, stage: str) -> bool:
         if self.is_done(stage):
             info = json.loads((self.stage_dir(stage) / "done.json").read_text())
@@ -324,12 +340,13 @@ class TrainingRun:
         return build(c["architecture"], {**c["kwargs"], "in_channels": len(self.channels)}).to(self.device)
 
     def stage_classifier(self) -> nn.Module:
+        self._seed("classifier")
         model = self._classifier_model()
         if self._skip("classifier"):
             return self._load_weights("classifier", "classifier", model)
         t0, c = time.perf_counter(), self.config["classifier"]
-        torch.manual_seed(self.seed + 1)
         ddp = self.dist.wrap(model)
+        self._seed_rank("classifier")
         opt = torch.optim.Adam(model.parameters(), lr=c["lr"], betas=tuple(c["betas"]), weight_decay=c["weight_decay"])
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=c["plateau_factor"],
                                                            patience=c["plateau_patience"],
@@ -360,6 +377,7 @@ class TrainingRun:
         history = self._epochs("classifier", {"classifier": model}, {"classifier": opt}, {"plateau": sched},
                                int(c["epochs"]), len(self.x), int(c["batch"]), step, validate,
                                plateau_on="val_loss" if len(yv) else "loss")
+        recalibrate_batchnorm(model, self.x, int(c["batch"]), self.device)
         self._finish("classifier", t0, {"history": history[-1] if history else {}}, {"classifier": model})
         return model.eval()
 
@@ -408,13 +426,14 @@ class TrainingRun:
         return (Generator(g["latent"], g["width"], 1).to(self.device), Discriminator(1, g["width"]).to(self.device))
 
     def stage_gan(self) -> Generator:
+        self._seed("gan")
         gen, disc = self._gan_models()
         if self._skip("gan"):
             return self._load_weights("gan", "generator", gen)
         t0, g = time.perf_counter(), self.config["gan"]
-        torch.manual_seed(self.seed + 3)
         real = self.x[self.y == 0][:, self.flair:self.flair + 1]
         ddp_g, ddp_d = self.dist.wrap(gen), self.dist.wrap(disc)
+        self._seed_rank("gan")
         opt_g = torch.optim.Adam(gen.parameters(), lr=g["lr"], betas=tuple(g["betas"]))
         opt_d = torch.optim.Adam(disc.parameters(), lr=g["lr"], betas=tuple(g["betas"]))
         scheds = {n: torch.optim.lr_scheduler.StepLR(o, g["halve_every"], 0.5) for n, o in (("g", opt_g), ("d", opt_d))}
@@ -443,11 +462,11 @@ class TrainingRun:
                               "latent": c["latent"]}).to(self.device)
 
     def stage_converter(self, gen: Generator, seeds: Mapping[str, torch.Tensor]) -> nn.Module:
+        self._seed("converter")
         unet = self._unet("gan", 1)
         if self._skip("converter"):
             return self._load_weights("converter", "converter", unet)
         t0, c, g = time.perf_counter(), self.config["converter"], self.config["gan"]
-        torch.manual_seed(self.seed + 4)
         unet.decoder.load_state_dict(_unwrap(gen).state_dict())  # U's decoder starts as the trained G
         disc = Discriminator(1, g["width"]).to(self.device)
         xc = ((self.y > 0) & (seeds["p"] > 0.5)).numpy()
@@ -465,10 +484,11 @@ class TrainingRun:
         sneg = seeds["neg"][sel].float()
         real = self.x[self.y == 0][:, self.flair:self.flair + 1]
         ddp_u, ddp_d = self.dist.wrap(unet), self.dist.wrap(disc)
+        self._seed_rank("converter")
         opt_u = torch.optim.Adam(unet.parameters(), lr=c["lr"], betas=tuple(c["betas"]))
         opt_d = torch.optim.Adam(disc.parameters(), lr=c["lr"], betas=tuple(c["betas"]))
         scheds = {n: torch.optim.lr_scheduler.StepLR(o, c["halve_every"], 0.5) for n, o in (("u", opt_u), ("d", opt_d))}
-        pick = torch.Generator().manual_seed(self.seed + 44)
+        pick = torch.Generator().manual_seed(self.seed * 1000 + 44 + 7919 * self.dist.rank)
         val = self._val_tumour_flair()
 
         def step(idx):
@@ -496,6 +516,7 @@ class TrainingRun:
 
         history = self._epochs("converter", {"converter": unet, "discriminator": disc}, {"u": opt_u, "d": opt_d},
                                scheds, int(c["epochs"]), len(xin), int(c["batch"]), step, validate)
+        recalibrate_batchnorm(unet, xin, int(c["batch"]), self.device)
         self._finish("converter", t0, {"training_images": len(xin), "x_c": int(xc.sum()),
                                        "last": history[-1] if history else {}},
                      {"converter": unet, "discriminator": disc})
@@ -522,16 +543,17 @@ class TrainingRun:
     # -- stages 5, 7, 8: segmenters ------------------------------------------------------------------------
     def train_segmenter(self, stage: str, subset: np.ndarray, pos: torch.Tensor, neg: torch.Tensor,
                         x_hat: torch.Tensor, classifier: nn.Module) -> nn.Module:
+        self._seed(stage)
         model = self._unet("segmenter", len(self.channels))
         if self._skip(stage):
             return self._load_weights(stage, stage, model)
         t0, c = time.perf_counter(), self.config["segmenter"]
-        torch.manual_seed(self.seed + STAGES.index(stage) + 1)
         sel = torch.from_numpy(np.flatnonzero(subset))
         if len(sel) == 0:
             raise InputError(f"{stage}: no training image (check the classifier and seeds)", self.data_path)
         xs, ps, ns, hs = self.x[sel], pos[sel].float(), neg[sel].float(), x_hat[sel]
         ddp = self.dist.wrap(model)
+        self._seed_rank(stage)
         opt = torch.optim.Adam(model.parameters(), lr=c["lr"], betas=tuple(c["betas"]))
         sched = torch.optim.lr_scheduler.StepLR(opt, c["halve_every"], 0.5)
         p_val = self._predict(classifier, torch.from_numpy(self.val.x)) if len(self.val.label) else None
@@ -559,6 +581,7 @@ class TrainingRun:
 
         history = self._epochs(stage, {stage: model}, {stage: opt}, {"step": sched}, int(c["epochs"]), len(sel),
                                int(c["batch"]), step, validate)
+        recalibrate_batchnorm(model, xs, int(c["batch"]), self.device)
         self._finish(stage, t0, {"training_images": len(sel), "last": history[-1] if history else {}},
                      {stage: model})
         return model.eval()
@@ -680,6 +703,30 @@ class TrainingRun:
         self.log("stage times: " + ", ".join(f"{s} {self.timings.get(s, 0):.0f} s" for s in STAGES))
         self.log(f"bundle written to {path} ({time.perf_counter() - t_all:.0f} s this session)")
         return path
+
+
+def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch: int, device: torch.device) -> None:
+    """Re-estimate every BatchNorm layer's running statistics over ``x`` (a plain average over
+    the training data, weights unchanged), then switch to eval mode.
+
+    Running statistics gathered with momentum over a few hundred small batches lag behind the
+    final weights, so a model can score well in training mode and badly in eval mode; one pass
+    over the training data fixes that. Applied at the end of every stage."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not layers or len(x) == 0:
+        model.eval()
+        return
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            model(x[i:i + batch].to(device))
+    for m, momentum in zip(layers, momenta):
+        m.momentum = momentum
+    model.eval()
 
 
 def _bce_to(p: torch.Tensor, target: float) -> torch.Tensor:
