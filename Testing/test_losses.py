@@ -267,3 +267,36 @@ def test_shape_mismatch_raises():
         variation_loss(m, torch.zeros(1, 4, 2, 3), torch.zeros(1, 4, 2, 3))
     with pytest.raises(ValueError):
         reconstruction_loss(torch.zeros(2, 2, 3), torch.zeros(2, 2, 3), torch.zeros(1, 2, 3))
+
+
+def test_balanced_seed_loss_weighs_both_seed_sets_equally():
+    # one image, 2x3 pixels: one positive seed (m = 0.1), four negative seeds (m = 0.1), one unseeded
+    m = torch.tensor([[[0.1, 0.1, 0.1], [0.1, 0.1, 0.5]]])
+    pos = torch.tensor([[[1, 0, 0], [0, 0, 0]]])
+    neg = torch.tensor([[[0, 1, 1], [1, 1, 0]]])
+    pooled = (-math.log(0.1) + 4 * -math.log(0.9)) / 5
+    balanced = (-math.log(0.1) + -math.log(0.9)) / 2
+    assert seed_loss(m, pos, neg).item() == pytest.approx(pooled, rel=1e-5)
+    assert seed_loss(m, pos, neg, balanced=True).item() == pytest.approx(balanced, rel=1e-5)
+    # an all-zero map is cheap under the pooled form when positives are rare, not under the balanced one
+    assert seed_loss(m, pos, neg, balanced=True).item() > 2 * seed_loss(m, pos, neg).item()
+
+
+def test_balanced_seed_loss_with_one_seed_set_uses_it_alone():
+    m = torch.full((2, 2, 3), 0.2)
+    pos = torch.zeros(2, 2, 3)
+    neg = torch.zeros(2, 2, 3)
+    neg[0, 0, :] = 1  # image 0: negatives only; image 1: no seeds (contributes 0)
+    expected = (-math.log(0.8) + 0.0) / 2
+    assert seed_loss(m, pos, neg, balanced=True).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_split_discriminator_step_equals_eq1():
+    """Training updates D on the real and generated batches separately (DDP-friendly); the sum of
+    the two half losses equals Eq. 1's mean over both batches."""
+    from WeakTumorSegLib.train import _bce_to
+
+    d_real = torch.tensor([0.8, 0.95, 0.6])
+    d_fake = torch.tensor([0.3, 0.05, 0.2])
+    split = 0.5 * _bce_to(d_real, 0.9) + 0.5 * _bce_to(d_fake, 0.1)
+    assert split.item() == pytest.approx(discriminator_loss(d_real, d_fake).item(), rel=1e-6)

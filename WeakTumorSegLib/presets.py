@@ -36,7 +36,9 @@ _PAPER = {
                   # train U on X_C images whose negative seeds cover less than 50 % of the image
                   "negative_seed_rule": "below", "negative_seed_fraction": 0.5},
     "segmenter": {"width": 64, "latent": 100, "epochs": 200, "batch": 32, "lr": 2e-4, "halve_every": 50,
-                  "betas": [0.9, 0.999], "delta": 4.0, "epsilon": 1.0, "zeta": 0.25},
+                  "betas": [0.9, 0.999], "delta": 4.0, "epsilon": 1.0, "zeta": 0.25,
+                  # Eq. 12 pools positive and negative seeds; True averages each set separately
+                  "balanced_seed_loss": False},
     "refine": {"radii": [1, 2, 3, 4, 5], "accept_below": 0.5, "binarize_at": 0.5, "min_size": 1, "batch": 64},
     "inference": {"stride": 64, "gate_threshold": 0.5, "mask_threshold": 0.5, "filter_threshold": 0.2,
                   "undecided_margin": 0.1, "batch_size": 32},
@@ -63,16 +65,17 @@ PRESETS: dict[str, dict] = {
         "rise": {"n_masks": 300, "cells": 8, "batch": 100},
         "gan": {"width": 12, "epochs": 15, "halve_every": 10},
         "converter": {"epochs": 12, "halve_every": 8},
-        "segmenter": {"width": 12, "epochs": 12, "halve_every": 8, "lr": 1e-3},
+        "segmenter": {"width": 12, "epochs": 12, "halve_every": 8, "lr": 1e-3, "balanced_seed_loss": True},
     }),
     # a smoke run in a few minutes on 2 CPU cores
     "tiny": _merge(_PAPER, {
         "classifier": {"architecture": "compact_classifier", "kwargs": {"width": 6, "blocks": 4, "upsample": 1.0},
                        "epochs": 10, "batch": 16, "lr": 2e-3, "weight_decay": 1e-4, "plateau_patience": 3},
-        "rise": {"n_masks": 120, "cells": 6, "batch": 60},
+        "rise": {"n_masks": 200, "cells": 8, "batch": 100},
         "gan": {"width": 6, "latent": 32, "epochs": 8, "batch": 16, "halve_every": 6},
         "converter": {"epochs": 8, "batch": 16, "halve_every": 6, "lr": 1e-3},
-        "segmenter": {"width": 6, "latent": 32, "epochs": 10, "batch": 16, "halve_every": 8, "lr": 2e-3},
+        "segmenter": {"width": 6, "latent": 32, "epochs": 10, "batch": 16, "halve_every": 8, "lr": 2e-3,
+                      "balanced_seed_loss": True},
         "refine": {"batch": 32},
     }),
 }

@@ -35,7 +35,7 @@ class SegmenterLossWeights:
     zeta: float = 0.25
 
 
-def seed_loss(m: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+def seed_loss(m: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, balanced: bool = False) -> torch.Tensor:
     """``L_seed`` (Eq. 12) / ``L_seed,r`` (Eq. 16): cross-entropy of ``m`` on the seeds.
 
     Per image ``k``::
@@ -54,7 +54,27 @@ def seed_loss(m: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Te
       mean over ``B``.
     * ``m`` is clamped to ``[1e-7, 1 - 1e-7]`` before the logarithms.
     * Float seeds act as weights (``|S|`` is their sum); a pixel in both sets counts in both.
+
+    Option (not in the paper): ``balanced=True`` averages the positive and the negative term
+    separately and takes their mean, ``(mean_{S+} -log m + mean_{S-} -log(1 - m)) / 2`` (an
+    image lacking one seed set uses the other alone). When tumours cover a few percent of an
+    image the paper's pooled form is dominated by the negative seeds, and an all-zero map
+    scores well; the presets ``default`` and ``tiny`` use the balanced form, ``paper`` the
+    pooled one (``segmenter.balanced_seed_loss``).
     """
+    if balanced:
+        mf, p, n = _flat_images(m, "m"), _flat_images(pos, "pos"), _flat_images(neg, "neg")
+        _same_pixels(mf, (p, "pos"), (n, "neg"))
+        p, n = p.to(mf.dtype), n.to(mf.dtype)
+        mc = mf.clamp(LOSS_EPS, 1.0 - LOSS_EPS)
+        np_, nn_ = p.sum(1), n.sum(1)
+        lp = -(p * torch.log(mc)).sum(1) / np_.clamp_min(1e-12)
+        ln = -(n * torch.log(1.0 - mc)).sum(1) / nn_.clamp_min(1e-12)
+        has_p, has_n = np_ > 0, nn_ > 0
+        both = (lp + ln) / 2
+        per_image = torch.where(has_p & has_n, both,
+                                torch.where(has_p, lp, torch.where(has_n, ln, torch.zeros_like(lp))))
+        return per_image.mean()
     mf, p, n = _flat_images(m, "m"), _flat_images(pos, "pos"), _flat_images(neg, "neg")
     _same_pixels(mf, (p, "pos"), (n, "neg"))
     p, n = p.to(mf.dtype), n.to(mf.dtype)
@@ -99,18 +119,19 @@ def size_loss(m: torch.Tensor) -> torch.Tensor:
 
 def segmenter_loss(m: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, x_flair: torch.Tensor,
                    x_hat_flair: torch.Tensor, delta: float = 4.0, epsilon: float = 1.0,
-                   zeta: float = 0.25) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                   zeta: float = 0.25, balanced: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``L_M0 = delta L_seed + epsilon L_var + zeta L_size`` (Eq. 15), also used for S_US and
     S_OS with the refined seeds (Eq. 16).
 
     See :func:`seed_loss`, :func:`variation_loss` and :func:`size_loss` for the terms and the
-    decisions taken there; the default weights are the paper's BraTS values
+    decisions taken there (``balanced`` selects the class-balanced seed term); the default
+    weights are the paper's BraTS values
     (:class:`SegmenterLossWeights`; ``zeta = 0.2`` on pLGG).
 
     Returns ``(total, {"seed": ..., "var": ..., "size": ...})``; the parts are the unweighted
     terms, still attached to the graph (call ``.item()`` to log them).
     """
-    parts = {"seed": seed_loss(m, pos, neg),
+    parts = {"seed": seed_loss(m, pos, neg, balanced),
              "var": variation_loss(m, x_flair, x_hat_flair),
              "size": size_loss(m)}
     total = delta * parts["seed"] + epsilon * parts["var"] + zeta * parts["size"]

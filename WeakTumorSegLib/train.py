@@ -563,7 +563,8 @@ class TrainingRun:
             m = ddp(xb)
             total, parts = segmenter_loss(m, ps[idx].to(self.device), ns[idx].to(self.device),
                                           xb[:, self.flair:self.flair + 1], hs[idx].to(self.device),
-                                          c["delta"], c["epsilon"], c["zeta"])
+                                          c["delta"], c["epsilon"], c["zeta"],
+                                          bool(c.get("balanced_seed_loss", False)))
             opt.zero_grad(set_to_none=True)
             total.backward()
             opt.step()
