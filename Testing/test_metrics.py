@@ -1,0 +1,39 @@
+"""Metrics against hand computations (DESIGN.md: both Dice conventions, always labelled)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from WeakTumorSegLib.metrics import dice, per_slice_dice, roc_auc, seed_overlap, sensitivity_specificity
+
+
+def test_auc_hand_values_and_ties():
+    assert roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)  # 3 of 4 pairs ordered
+    assert roc_auc([0, 1], [0.5, 0.5]) == pytest.approx(0.5)  # a tie counts half
+    assert roc_auc([0, 0, 1], [0.9, 0.8, 0.1]) == pytest.approx(0.0)
+    assert math.isnan(roc_auc([1, 1], [0.2, 0.3]))
+
+
+def test_sensitivity_specificity():
+    sens, spec = sensitivity_specificity([1, 1, 0, 0, 0], [0.9, 0.4, 0.6, 0.1, 0.2])
+    assert sens == pytest.approx(0.5) and spec == pytest.approx(2 / 3)
+
+
+def test_dice_conventions():
+    a = np.zeros((3, 2, 2), bool)
+    b = np.zeros((3, 2, 2), bool)
+    a[0, 0, 0] = b[0, 0, 0] = True  # slice 0: perfect
+    a[1, 0, 0] = True  # slice 1: prediction only -> 0; slice 2: both empty -> 1 (paper)
+    np.testing.assert_allclose(per_slice_dice(a, b), [1.0, 0.0, 1.0])
+    assert dice(a, b) == pytest.approx(2 * 1 / 3)  # one 3D Dice over the volume
+    assert dice(np.zeros(4), np.zeros(4)) == 1.0
+
+
+def test_seed_overlap():
+    truth = np.array([[1, 1, 0, 0]], bool)
+    pos = np.array([[1, 0, 1, 0]], bool)  # half inside the tumour
+    neg = np.array([[0, 0, 1, 1]], bool)  # all outside
+    assert seed_overlap(pos, neg, truth) == (pytest.approx(0.5), pytest.approx(1.0))
