@@ -21,8 +21,9 @@ from torch import nn
 from .io import atomic_path
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def save_checkpoint(path: str | Path, models: Mapping[str, nn.Module],
@@ -33,7 +34,7 @@ def save_checkpoint(path: str | Path, models: Mapping[str, nn.Module],
     flat: dict[str, torch.Tensor] = {}
     groups: dict[str, list] = {}
     for name, model in models.items():
-        for key, value in _unwrap(model).state_dict().items():
+        for key, value in unwrap(model).state_dict().items():
             flat[f"model.{name}.{key}"] = value.detach().cpu().contiguous()
     for name, opt in (optimizers or {}).items():
         sd = opt.state_dict()
@@ -64,7 +65,7 @@ def load_checkpoint(path: str | Path, models: Mapping[str, nn.Module],
     flat = load_file(str(path.with_suffix(".safetensors")), device=str(device))
     for name, model in models.items():
         prefix = f"model.{name}."
-        _unwrap(model).load_state_dict({k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)})
+        unwrap(model).load_state_dict({k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)})
     for name, opt in (optimizers or {}).items():
         prefix = f"opt.{name}."
         state: dict[int, dict] = {}

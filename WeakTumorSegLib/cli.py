@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from . import __version__
 from .bundle import BUNDLE_FILE, Bundle, default_bundle_dir
@@ -142,7 +143,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.data.exists():
         raise UsageError("data not found", args.data)
     if args.threads:
-        import torch
         torch.set_num_threads(args.threads)
     dist = setup_distributed(args.device)
     quiet = args.quiet
@@ -202,7 +202,6 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 raise UsageError("output already exists; pass --overwrite to replace it", args.out / fname)
     device = resolve_device(args.device)
     if args.threads:
-        import torch
         torch.set_num_threads(args.threads)
 
     t = time.perf_counter()
@@ -239,7 +238,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
                        "channels": bundle.channels},
             "inputs": {c: str(Path(p).resolve()) for c, p in paths.items()},
             "device": str(device),
-            "torch_threads": __import__("torch").get_num_threads(),
+            "torch_threads": torch.get_num_threads(),
             "platform": platform.platform(),
             "threshold": result.threshold,
             "threshold_source": "--threshold" if args.threshold is not None else "bundle",

@@ -148,6 +148,8 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
         p[tissue] = _batched(models["classifier"], patches[tissue], batch, device,
                              lambda d: say("classify", d, len(tissue)))
         gated = np.flatnonzero(p > gate)
+        gate_w = np.zeros(len(patches))  # 1 for gated patches: stitching weights of their maps
+        gate_w[gated] = 1
         timings["classify"] = time.perf_counter() - t
 
         # -- fused segmenters -----------------------------------------------------------------
@@ -189,10 +191,8 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
                 maps = classifier_rise(models["classifier"], xg, rise,
                                        lambda d: say("seeds", -(-d // rise.batch), n_batches))
                 emaps[gated] = normalize_maps(maps).cpu().numpy()
-            weights = np.zeros(len(patches))
-            weights[gated] = 1
-            e_in = to_input(tiling.stitch(emaps, weights=weights), crop, (ny, nx))
-            covered = to_input(tiling.stitch(np.ones_like(emaps), weights=weights), crop, (ny, nx)) > 0.5
+            e_in = to_input(tiling.stitch(emaps, weights=gate_w), crop, (ny, nx))
+            covered = to_input(tiling.stitch(np.ones_like(emaps), weights=gate_w), crop, (ny, nx)) > 0.5
             pos_seeds = (covered & (e_in > rise.positive)).astype(np.uint8)
             neg_seeds = (covered & (e_in < rise.negative)).astype(np.uint8)
             say("seeds", n_batches, n_batches)
@@ -203,8 +203,6 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
     say("postprocess", 0, 1)
     prob = to_input(tiling.stitch(fused), crop, (ny, nx))
     mask = (prob > float(inf["mask_threshold"])).astype(np.uint8)
-    gate_w = np.zeros(len(patches))
-    gate_w[gated] = 1
     x_work = work[:, flair_idx]
     healthy_work = tiling.stitch(healthy, weights=gate_w, fill=x_work)
     diff = to_input(np.abs(x_work - healthy_work), crop, (ny, nx))

@@ -62,26 +62,21 @@ def seed_loss(m: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, balanced: b
     scores well; the presets ``default`` and ``tiny`` use the balanced form, ``paper`` the
     pooled one (``segmenter.balanced_seed_loss``).
     """
-    if balanced:
-        mf, p, n = _flat_images(m, "m"), _flat_images(pos, "pos"), _flat_images(neg, "neg")
-        _same_pixels(mf, (p, "pos"), (n, "neg"))
-        p, n = p.to(mf.dtype), n.to(mf.dtype)
-        mc = mf.clamp(LOSS_EPS, 1.0 - LOSS_EPS)
-        np_, nn_ = p.sum(1), n.sum(1)
-        lp = -(p * torch.log(mc)).sum(1) / np_.clamp_min(1e-12)
-        ln = -(n * torch.log(1.0 - mc)).sum(1) / nn_.clamp_min(1e-12)
-        has_p, has_n = np_ > 0, nn_ > 0
-        both = (lp + ln) / 2
-        per_image = torch.where(has_p & has_n, both,
-                                torch.where(has_p, lp, torch.where(has_n, ln, torch.zeros_like(lp))))
-        return per_image.mean()
     mf, p, n = _flat_images(m, "m"), _flat_images(pos, "pos"), _flat_images(neg, "neg")
     _same_pixels(mf, (p, "pos"), (n, "neg"))
     p, n = p.to(mf.dtype), n.to(mf.dtype)
     mc = mf.clamp(LOSS_EPS, 1.0 - LOSS_EPS)
-    num = -(p * torch.log(mc)).sum(1) - (n * torch.log(1.0 - mc)).sum(1)
-    count = p.sum(1) + n.sum(1)
-    per_image = torch.where(count > 0, num / count.clamp_min(1e-12), torch.zeros_like(num))
+    pos_sum, neg_sum = -(p * torch.log(mc)).sum(1), -(n * torch.log(1.0 - mc)).sum(1)
+    n_pos, n_neg = p.sum(1), n.sum(1)
+    if balanced:
+        lp, ln = pos_sum / n_pos.clamp_min(1e-12), neg_sum / n_neg.clamp_min(1e-12)
+        has_p, has_n = n_pos > 0, n_neg > 0
+        per_image = torch.where(has_p & has_n, (lp + ln) / 2,
+                                torch.where(has_p, lp, torch.where(has_n, ln, torch.zeros_like(lp))))
+    else:
+        count = n_pos + n_neg
+        per_image = torch.where(count > 0, (pos_sum + neg_sum) / count.clamp_min(1e-12),
+                                torch.zeros_like(pos_sum))
     return per_image.mean()
 
 

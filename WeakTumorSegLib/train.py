@@ -24,7 +24,6 @@ ranks wait at a barrier and read them back.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import time
@@ -40,12 +39,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .bundle import inference_architectures, save_bundle
-from .checkpoint import checkpoint_exists, load_checkpoint, remove_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_exists, load_checkpoint, remove_checkpoint, save_checkpoint, unwrap
 from .dataset import discover, load_slices, split_patients, validate_cohort
 from .errors import InputError
 from .fusion import fuse
 from .generator import Discriminator, Generator, converter_loss, generator_adversarial_loss
-from .io import atomic_path
+from .io import atomic_path, write_csv
 from .metrics import per_slice_dice, roc_auc, seed_overlap, sensitivity_specificity
 from .networks import build
 from .preprocess import PreprocessConfig
@@ -108,20 +107,13 @@ def setup_distributed(device: str = "auto") -> Dist:
     return Dist(rank, world, torch.device("cpu"))
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
 def _write_csv(path: Path, rows: list[dict]) -> None:
+    """Rewrite a stage's log atomically; columns are the union of the rows' keys, in order."""
     if not rows:
         return
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with atomic_path(path) as tmp:
+        write_csv([{c: row.get(c, "") for c in columns} for row in rows], columns, tmp)
 
 
 def _json_default(o):
@@ -290,7 +282,7 @@ class TrainingRun:
         if self.dist.main:
             sdir.mkdir(parents=True, exist_ok=True)
             for name, model in dict(weights).items():
-                state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
+                state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
                 with atomic_path(sdir / f"{name}.safetensors") as tmp:
                     save_file(state, str(tmp))
             if tensors:
@@ -467,7 +459,7 @@ class TrainingRun:
         if self._skip("converter"):
             return self._load_weights("converter", "converter", unet)
         t0, c, g = time.perf_counter(), self.config["converter"], self.config["gan"]
-        unet.decoder.load_state_dict(_unwrap(gen).state_dict())  # U's decoder starts as the trained G
+        unet.decoder.load_state_dict(unwrap(gen).state_dict())  # U's decoder starts as the trained G
         disc = Discriminator(1, g["width"]).to(self.device)
         xc = ((self.y > 0) & (seeds["p"] > 0.5)).numpy()
         frac = seeds["neg"].float().mean(dim=(1, 2)).numpy()
@@ -650,7 +642,7 @@ class TrainingRun:
         }
         path = self.out
         if self.dist.main:
-            save_bundle(path, bundle_cfg, {k: _unwrap(m) for k, m in models.items()}, archs, overwrite=True)
+            save_bundle(path, bundle_cfg, {k: unwrap(m) for k, m in models.items()}, archs, overwrite=True)
             _write_json(self.stage_dir("bundle") / "done.json", {"bundle": str(path), "metrics": metrics,
                                                                  "seconds": round(time.perf_counter() - t0, 2)})
         self.dist.barrier()
