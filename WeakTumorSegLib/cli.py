@@ -1,4 +1,4 @@
-"""Command line: ``weaktumorseg segment ...`` (also ``python -m WeakTumorSegLib``).
+"""Command line: ``weaktumorseg segment|train|evaluate ...`` (also ``python -m WeakTumorSegLib``).
 
 Bad input ends with a non-zero exit and one line naming the file and the problem (the
 traceback only with ``--debug``); outputs are written under temporary names and renamed into
@@ -123,7 +123,121 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--quiet", "-q", action="store_true", help="no progress and no log lines")
     tr.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser(
+        "evaluate", help="evaluate a bundle against ground-truth masks (paper 000 Tables 2-6, C.1)",
+        description="Segment patients with ground-truth masks and write metrics.json, tables.md, per_volume.csv, "
+                    "per_slice.csv, filter_curve.csv and filter_curve.png into --out: classifier AUC / "
+                    "sensitivity / specificity, seed overlap, Dice of every model and baseline (per-volume 3D, "
+                    "per-slice with empty-vs-empty = 1, per-slice over tumour slices), the difference-score "
+                    "filter curve and its correlation with Dice.")
+    ev.add_argument("--bundle", "-b", type=Path, default=None,
+                    help="model bundle folder (default: the shipped default bundle)")
+    ev.add_argument("--data", type=Path, required=True,
+                    help="cohort folder (<id>/<id>_<channel>.nii.gz with <id>_seg.nii.gz) or a manifest CSV "
+                         "(patient, one column per channel, mask, optional labels); masks are required")
+    ev.add_argument("--out", "-o", type=Path, required=True, help="output folder (created if missing)")
+    who = ev.add_mutually_exclusive_group()
+    who.add_argument("--patients", default=None,
+                     help="'all' or comma-separated patient ids (default: the bundle's validation split when "
+                          "--data is the bundle's training data, else all patients)")
+    who.add_argument("--split", choices=("val", "train"), default=None,
+                     help="the patients of the split recorded in the bundle")
+    ev.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default auto)")
+    seeds = ev.add_mutually_exclusive_group()
+    seeds.add_argument("--seed-masks", type=_positive_int, default=None,
+                       help="number of RISE masks for the seed overlap metric (default: the bundle's)")
+    seeds.add_argument("--no-seeds", action="store_true", help="skip the (slow) RISE seed overlap metric")
+    ev.add_argument("--residual-threshold", type=_threshold_arg, default=None,
+                    help="threshold of the residual baseline (default: the bundle's baselines.residual.threshold, "
+                         "chosen on its training split; never choose it on the evaluated patients)")
+    ev.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for PyTorch")
+    ev.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    ev.add_argument("--progress", choices=MODES, default="bar",
+                    help="bar: progress on stderr (default); json: one JSON object per line on stdout; none")
+    ev.add_argument("--quiet", "-q", action="store_true", help="no progress and no summary (errors still shown)")
+    ev.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    ev.set_defaults(func=cmd_evaluate)
     return parser
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .dataset import discover
+    from .evaluate import (OUTPUTS, EvaluateOptions, build_metrics, load_evaluation_bundle, require_masks,
+                           residual_setting, run_evaluation, select_cases, write_outputs)
+
+    t_start = time.perf_counter()
+    quiet = args.quiet
+    progress = Progress("none" if quiet else args.progress)
+    note = (lambda msg: None) if quiet else (lambda msg: print(f"{PROG}: note: {msg}", file=sys.stderr))
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError("output path exists and is not a folder", args.out)
+    if not args.overwrite:
+        for fname in OUTPUTS.values():
+            if (args.out / fname).exists():
+                raise UsageError("output already exists; pass --overwrite to replace it", args.out / fname)
+    bundle = load_evaluation_bundle(args.bundle if args.bundle is not None else default_bundle_dir())
+    if not args.data.exists():
+        raise InputError("data path does not exist", args.data)
+    cases = discover(args.data, bundle.channels)
+    cases, source, notes = select_cases(cases, bundle.config, args.data, args.patients, args.split, bundle.path)
+    require_masks(cases, args.data)
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threshold, threshold_source, median = residual_setting(bundle, args.residual_threshold)
+    options = EvaluateOptions(seeds=not args.no_seeds, seed_masks=args.seed_masks, residual_threshold=threshold,
+                              residual_threshold_source=threshold_source, residual_median=median)
+    for msg in notes:
+        note(msg)
+    bundle.to(device)
+
+    def done_case(i: int, n: int, ev) -> None:
+        progress("evaluate", i, n)
+        progress.event(stage="patient", patient=ev.id, done=i, total=n, seconds=round(ev.seconds, 2))
+        for msg in ev.notes:
+            note(msg)
+
+    progress("evaluate", 0, len(cases))
+    evaluations = run_evaluation(bundle, cases, device, options, on_case=done_case)
+    rise = bundle.rise.to_dict()
+    if args.seed_masks is not None:
+        rise["n_masks"] = int(args.seed_masks)
+    inf = bundle.inference
+    configuration = {
+        "command": "evaluate", "data": str(args.data.resolve()), "patients": [c.id for c in cases],
+        "patients_source": source, "device": str(device), "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(), "seeds": options.seeds, "rise": rise,
+        "torch_seed": options.torch_seed, "gate_threshold": inf["gate_threshold"],
+        "mask_threshold": inf["mask_threshold"], "difference_threshold": inf["filter_threshold"],
+        "undecided_margin": inf["undecided_margin"], "filter_thresholds": list(options.filter_thresholds),
+        "residual": {"threshold": threshold, "threshold_source": threshold_source, "median": median,
+                     "healthy": "converter on every tissue patch (no classifier gate), positive part of "
+                                "FLAIR - healthy on the normalised [0, 1] scale, median per axial slice"},
+        "slices": "every axial slice of every volume",
+    }
+    progress("write", 0, len(OUTPUTS))
+    metrics = build_metrics(evaluations, bundle, options, configuration,
+                            {"notes": notes, "outputs": dict(OUTPUTS),
+                             "timings_s": {"total": round(time.perf_counter() - t_start, 2),
+                                           "per_patient": {e.id: round(e.seconds, 2) for e in evaluations}}})
+    written = write_outputs(args.out, metrics, evaluations)
+    progress("write", len(OUTPUTS), len(OUTPUTS))
+    progress.close()
+    seg = metrics["segmentation"]["fused"]
+    clf = metrics["classifier"]["from_masks"]
+    progress.event(stage="done", outputs={k: str(args.out / v) for k, v in OUTPUTS.items()},
+                   fused=seg, classifier=clf)
+    if not quiet and args.progress != "json":
+        fmt = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
+        print(f"Evaluated bundle '{bundle.name}' on {len(cases)} patients ({source}) in "
+              f"{time.perf_counter() - t_start:.1f} s: classifier AUC {fmt(clf['auc'])}; fused Dice "
+              f"{fmt(seg['per_volume_3d'])} per volume (3D, tumour-bearing volumes), "
+              f"{fmt(seg['per_slice_paper'])} per slice (paper, empty-vs-empty = 1), "
+              f"{fmt(seg['per_slice_tumour'])} per tumour slice.")
+        for path in written:
+            print(f"  {path}")
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:

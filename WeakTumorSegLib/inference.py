@@ -15,12 +15,20 @@ This follows 000 sections 2.4, 2.5 and 3 on whole slices:
 6. optionally, RISE seeds of C for the gated patches (:mod:`.seeds`).
 
 All patches go through the networks in batches under ``torch.inference_mode``.
+
+For evaluation (:mod:`.evaluate`, 000 sections 4.3-4.4) ``extra`` asks for more outputs
+without changing the default ones: the gated masks of single segmenters (``segmenter_us``,
+``segmenter_os``, which cost nothing extra, and any further segmenter in the bundle such as
+``segmenter0`` or ``baseline_seed_only``, gated and stitched exactly like the fused model) and
+``healthy``, the converter's healthy FLAIR on the input grid for the residual baseline. The
+residual baseline of Baur et al. is unsupervised, so ``healthy`` runs the converter on every
+tissue patch, not only on the gated ones.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +44,11 @@ from .tiling import Tiling
 
 #: ``progress(stage, done, total)``
 ProgressFn = Callable[[str, int, int], None]
+
+#: ``extra`` name asking :func:`segment_arrays` for the healthy FLAIR (:attr:`SegmentationResult.healthy`).
+EXTRA_HEALTHY = "healthy"
+#: Bundle models that are not segmenters and so cannot be an ``extra`` mask.
+_NOT_SEGMENTERS = ("classifier", "converter")
 
 SLICE_COLUMNS = ("slice", "p_tumor", "difference_score", "flagged", "flag_reason", "tumor_pixels")
 
@@ -55,6 +68,15 @@ class SegmentationResult:
     negative_seeds: np.ndarray | None = None
     timings: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    #: ``extra`` segmenters: binary masks and probabilities on the input grid, gated like ``mask``.
+    extra_masks: dict[str, np.ndarray] = field(default_factory=dict)
+    extra_probabilities: dict[str, np.ndarray] = field(default_factory=dict)
+    #: With ``extra`` containing ``"healthy"``: the converter's healthy FLAIR on the input grid, on
+    #: the normalised [0, 1] FLAIR scale; equal to the normalised FLAIR wherever the converter did
+    #: not run (background patches, outside the brain box).
+    healthy: np.ndarray | None = None
+    #: With ``"healthy"``: the normalised [0, 1] FLAIR the converter saw, on the input grid.
+    flair: np.ndarray | None = None
 
     @property
     def tumor_pixels(self) -> np.ndarray:
@@ -97,12 +119,18 @@ def _batched(fn: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray, batch: i
 
 def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: torch.device | str = "cpu",
                    threshold: float | None = None, seeds: bool = False, seed_masks: int | None = None,
-                   progress: ProgressFn | None = None) -> SegmentationResult:
+                   progress: ProgressFn | None = None, extra: Sequence[str] = ()) -> SegmentationResult:
     """Segment one volume given as ``{channel name: (slice, row, column) array}``.
 
     Channels the bundle does not use are ignored; a missing one raises :class:`BundleError`.
     ``threshold`` overrides the bundle's difference-score threshold; ``seeds`` adds RISE seeds
     (``seed_masks`` overrides the bundle's number of RISE masks).
+
+    ``extra`` (for evaluation) names further outputs: a segmenter among ``bundle.models`` (e.g.
+    ``segmenter_us``, ``segmenter_os``, ``segmenter0``, ``baseline_seed_only``) fills
+    ``result.extra_masks[name]`` / ``result.extra_probabilities[name]``, with the classifier
+    gate, patch averaging and ``mask_threshold`` of the fused model; ``"healthy"`` fills
+    ``result.healthy`` and ``result.flair``. The default outputs do not change.
     """
     device = torch.device(device)
     say = progress or (lambda stage, done, total: None)
@@ -110,6 +138,14 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
     if missing:
         raise BundleError(f"bundle '{bundle.name}' needs channels {', '.join(bundle.channels)}; "
                           f"missing: {', '.join(missing)}", bundle.path)
+    extra = list(dict.fromkeys(extra))
+    want_healthy = EXTRA_HEALTHY in extra
+    extra_models = [e for e in extra if e != EXTRA_HEALTHY]
+    for name in extra_models:
+        if name in _NOT_SEGMENTERS or name not in bundle.models:
+            usable = [m for m in bundle.models if m not in _NOT_SEGMENTERS]
+            raise BundleError(f"bundle '{bundle.name}' has no loaded segmenter '{name}' "
+                              f"(it has: {', '.join(usable)})", bundle.path)
     inf = bundle.inference
     gate, batch = float(inf["gate_threshold"]), int(inf["batch_size"])
     thr = float(inf["filter_threshold"] if threshold is None else threshold)
@@ -131,7 +167,11 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
                                   [""] * z, thr, empty.astype(np.uint8) if seeds else None,
                                   empty.astype(np.uint8) if seeds else None, timings,
                                   {"slices": z, "patches": 0, "tissue_patches": 0, "gated_patches": 0,
-                                   "tumor_slices": 0, "tumor_voxels": 0, "flagged_slices": 0})
+                                   "tumor_slices": 0, "tumor_voxels": 0, "flagged_slices": 0},
+                                  {n: empty.astype(np.uint8) for n in extra_models},
+                                  {n: empty.copy() for n in extra_models},
+                                  stack[:, flair_idx].copy() if want_healthy else None,
+                                  stack[:, flair_idx].copy() if want_healthy else None)
     crop = plan_crop(bbox, pp.inplane_scale)
     work = to_working(stack, crop)
     tiling = Tiling.plan(z, crop.height, crop.width, patch, int(inf["stride"]))
@@ -164,6 +204,17 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
             both = _batched(seg, patches[gated], batch, device, lambda d: say("segment", d, len(gated)))
             fused[gated] = fuse(torch.from_numpy(p[gated]), torch.from_numpy(both[:, 0]),
                                 torch.from_numpy(both[:, 1]), gate).numpy()
+        # single segmenters for evaluation: gated patch maps, stitched like the fused ones below
+        extra_patch_maps: dict[str, np.ndarray] = {}
+        for name in extra_models:
+            maps = np.zeros((len(patches), patch, patch), dtype=np.float32)
+            if len(gated):
+                if name in ("segmenter_us", "segmenter_os"):
+                    maps[gated] = both[:, 0 if name == "segmenter_us" else 1]
+                else:
+                    net = models[name]
+                    maps[gated] = _batched(lambda xb, net=net: net(xb)[:, 0], patches[gated], batch, device)
+            extra_patch_maps[name] = maps
         timings["segment"] = time.perf_counter() - t
 
         # -- converter: healthy FLAIR of the gated patches ---------------------------------------
@@ -174,6 +225,11 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
         if len(gated):
             healthy[gated] = _batched(models["converter"], flair_patches[gated], batch, device,
                                       lambda d: say("convert", d, len(gated)))[:, 0]
+        if want_healthy:  # the residual baseline needs every tissue patch, gated or not
+            healthy_all = healthy.copy()
+            rest = np.setdiff1d(tissue, gated)
+            if len(rest):
+                healthy_all[rest] = _batched(models["converter"], flair_patches[rest], batch, device)[:, 0]
         timings["convert"] = time.perf_counter() - t
 
         # -- seeds (optional) -------------------------------------------------------------------
@@ -209,10 +265,21 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
     scores = mean_in_mask(diff, mask)
     p_slice = p.reshape(z, tiling.per_slice).max(axis=1)
     flagged, reasons = flag_slices(mask.sum(axis=(1, 2)), scores, p_slice, thr, float(inf["undecided_margin"]), gate)
+    extra_prob = {name: to_input(tiling.stitch(maps), crop, (ny, nx)) for name, maps in extra_patch_maps.items()}
+    extra_masks = {name: (pr > float(inf["mask_threshold"])).astype(np.uint8) for name, pr in extra_prob.items()}
+    flair01 = healthy01 = None
+    if want_healthy:
+        # the residual is taken on the working grid and mapped back (like the difference score),
+        # so FLAIR - healthy is exactly 0 wherever the converter did not run
+        tissue_w = np.zeros(len(patches))
+        tissue_w[tissue] = 1
+        residual = to_input(x_work - tiling.stitch(healthy_all, weights=tissue_w, fill=x_work), crop, (ny, nx))
+        flair01 = stack[:, flair_idx].copy()
+        healthy01 = flair01 - residual
     timings["postprocess"] = time.perf_counter() - t
     say("postprocess", 1, 1)
     counts = {"slices": z, "patches": len(patches), "tissue_patches": int(len(tissue)),
               "gated_patches": int(len(gated)), "tumor_slices": int((mask.sum(axis=(1, 2)) > 0).sum()),
               "tumor_voxels": int(mask.sum()), "flagged_slices": int(flagged.sum())}
     return SegmentationResult(mask, prob, p_slice, scores, flagged, reasons, thr, pos_seeds, neg_seeds, timings,
-                              counts)
+                              counts, extra_masks, extra_prob, healthy01, flair01)
