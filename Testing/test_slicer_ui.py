@@ -1,0 +1,201 @@
+"""Tier C: static checks of the Slicer extension (no Slicer, no Qt needed).
+
+Every ``self.ui.<name>`` the Widget uses exists in the ``.ui`` file; every widget bound to the parameter
+node names a field of it with a matching widget type; the CMake files list what the module installs and
+carry the extension metadata; the requirements file follows ``pyproject.toml``.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import struct
+import tomllib
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from conftest import REPO_ROOT
+
+MODULE_DIR = REPO_ROOT / "WeakTumorSeg"
+MODULE_PY = MODULE_DIR / "WeakTumorSeg.py"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "WeakTumorSeg.ui"
+
+#: Widget classes the parameter node wrapper can bind to a field type (slicer.parameterNodeWrapper.guiConnectors).
+CONNECTABLE = {
+    "node": {"qMRMLNodeComboBox"},
+    "Path": {"ctkPathLineEdit", "ctkDirectoryButton"},
+    "bool": {"QCheckBox", "ctkCheckBox", "QPushButton"},
+    "float": {"ctkSliderWidget", "QDoubleSpinBox", "ctkDoubleSpinBox", "qMRMLSliderWidget"},
+    "str": {"QLineEdit", "QLabel", "QTextEdit"},
+}
+QT_BUILTIN = {"QWidget", "QLabel", "QPushButton", "QCheckBox", "QComboBox", "QProgressBar", "QFrame", "QLineEdit",
+              "QTextEdit", "QSpinBox", "QDoubleSpinBox", "QGroupBox", "QTableView"}
+
+
+@pytest.fixture(scope="module")
+def ui_widgets() -> dict[str, ET.Element]:
+    root = ET.parse(UI_FILE).getroot()
+    widgets = {w.get("name"): w for w in root.iter("widget")}
+    assert root.find("class").text == "WeakTumorSeg"
+    return widgets
+
+
+@pytest.fixture(scope="module")
+def module_tree() -> ast.Module:
+    return ast.parse(MODULE_PY.read_text())
+
+
+def _constant(tree: ast.Module, name: str):
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"{name} is not defined in {MODULE_PY.name}")
+
+
+def _used_ui_names(tree: ast.Module) -> set[str]:
+    """``self.ui.<name>`` plus ``getattr(self.ui, "<name>")`` / ``getattr(self.ui, f"<prefix>{i}")``."""
+    max_channels = _constant(tree, "MAX_CHANNELS")
+    names: set[str] = set()
+
+    def is_self_ui(node: ast.AST) -> bool:
+        return (isinstance(node, ast.Attribute) and node.attr == "ui" and isinstance(node.value, ast.Name)
+                and node.value.id == "self")
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and is_self_ui(node.value):
+            names.add(node.attr)
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr"
+              and node.args and is_self_ui(node.args[0])):
+            arg = node.args[1]
+            if isinstance(arg, ast.Constant):
+                names.add(arg.value)
+            elif isinstance(arg, ast.JoinedStr) and isinstance(arg.values[0], ast.Constant) and len(arg.values) == 2:
+                names.update(f"{arg.values[0].value}{i}" for i in range(max_channels))
+            else:
+                raise AssertionError(f"line {node.lineno}: getattr(self.ui, ...) with a name this test cannot read")
+    return names
+
+
+def test_every_ui_name_the_widget_uses_exists(ui_widgets, module_tree):
+    used = _used_ui_names(module_tree)
+    assert {"segmentButton", "sliceTableView", "inputVolumeSelector3", "exportButton"} <= used
+    missing = sorted(used - set(ui_widgets))
+    assert not missing, f"the Widget uses self.ui names that {UI_FILE.name} lacks: {missing}"
+
+
+def test_widget_defines_the_four_classes(module_tree):
+    classes = {node.name: node for node in module_tree.body if isinstance(node, ast.ClassDef)}
+    for name in ("WeakTumorSeg", "WeakTumorSegWidget", "WeakTumorSegLogic", "WeakTumorSegTest"):
+        assert name in classes, name
+    bases = {name: [ast.unparse(b) for b in node.bases] for name, node in classes.items()}
+    assert bases["WeakTumorSeg"] == ["ScriptedLoadableModule"]
+    assert bases["WeakTumorSegLogic"] == ["ScriptedLoadableModuleLogic"]
+    assert bases["WeakTumorSegTest"] == ["ScriptedLoadableModuleTest"]
+    assert "ScriptedLoadableModuleWidget" in bases["WeakTumorSegWidget"]
+
+
+def _parameter_fields(tree: ast.Module) -> dict[str, str]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name == "WeakTumorSegParameterNode":
+            assert any(ast.unparse(d) == "parameterNodeWrapper" for d in node.decorator_list)
+            fields = {}
+            for item in node.body:
+                if isinstance(item, ast.AnnAssign):
+                    annotation = ast.unparse(item.annotation)
+                    if annotation.startswith("Annotated["):
+                        annotation = annotation[len("Annotated["):].split(",")[0]
+                    fields[item.target.id] = "node" if annotation.startswith("vtkMRML") else annotation
+            return fields
+    raise AssertionError("WeakTumorSegParameterNode is not defined")
+
+
+def test_parameter_node_bindings_match_fields_and_widget_types(ui_widgets, module_tree):
+    fields = _parameter_fields(module_tree)
+    max_channels = _constant(module_tree, "MAX_CHANNELS")
+    assert {f"inputVolume{i}" for i in range(max_channels)} <= set(fields)
+    for name in ("bundlePath", "device", "threshold", "showSeeds", "outputSegmentation"):
+        assert name in fields, name
+    bound = {}
+    for widget_name, widget in ui_widgets.items():
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                bound[prop.find("string").text] = (widget_name, widget.get("class"))
+    for parameter, (widget_name, widget_class) in bound.items():
+        assert parameter in fields, f"{widget_name} is bound to unknown parameter {parameter!r}"
+        assert widget_class in CONNECTABLE[fields[parameter]], (
+            f"{widget_name} ({widget_class}) cannot show a {fields[parameter]} parameter")
+    assert set(fields) - set(bound) == {"device"}  # the device menu is filled by the Widget itself
+
+
+def test_custom_widgets_are_declared(ui_widgets):
+    root = ET.parse(UI_FILE).getroot()
+    declared = {c.find("class").text for c in root.iter("customwidget")}
+    used = {w.get("class") for w in ui_widgets.values()}
+    assert used - QT_BUILTIN <= declared, sorted(used - QT_BUILTIN - declared)
+
+
+def test_icon_is_a_128_png():
+    data = (MODULE_DIR / "Resources" / "Icons" / "WeakTumorSeg.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    assert struct.unpack(">II", data[16:24]) == (128, 128)
+
+
+def test_help_text_cites_the_papers():
+    source = MODULE_PY.read_text()
+    assert "2211.05269" in source
+    assert "A novel GAN-based paradigm for weakly supervised brain tumor segmentation" in source
+    assert "Petsiuk" in source and "RISE" in source
+    assert re.search(r"helpText = _\(.*\{paper\}", source, re.S)
+    assert re.search(r"acknowledgementText = _\(.*\{paper\}", source, re.S)
+
+
+# ------------------------------------------------------------------------------------------------
+# CMake and packaging
+
+
+def _cmake_set(text: str, name: str) -> str:
+    match = re.search(rf"set\(\s*{name}\s+(.*?)\)", text, re.S)
+    assert match, f"{name} is not set"
+    return match.group(1)
+
+
+def test_extension_cmake_has_metadata():
+    text = (REPO_ROOT / "CMakeLists.txt").read_text()
+    for name in ("EXTENSION_HOMEPAGE", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL",
+                 "EXTENSION_SCREENSHOTURLS"):
+        assert _cmake_set(text, name).strip().strip('"'), name
+    assert _cmake_set(text, "EXTENSION_CATEGORY").strip('"') == "Segmentation"
+    assert "PyTorch" in _cmake_set(text, "EXTENSION_DEPENDS").split("#")[0]
+    assert re.search(r"^add_subdirectory\(WeakTumorSeg\)", text, re.M)
+
+
+def test_module_cmake_lists_every_python_file_it_installs():
+    text = (MODULE_DIR / "CMakeLists.txt").read_text()
+    listed = _cmake_set(text, "WEAKTUMORSEGLIB_PYTHON_FILES").split()
+    on_disk = sorted(p.name for p in (REPO_ROOT / "WeakTumorSegLib").glob("*.py"))
+    assert sorted(listed) == on_disk, "update WEAKTUMORSEGLIB_PYTHON_FILES in WeakTumorSeg/CMakeLists.txt"
+    assert "${MODULE_NAME}.py" in _cmake_set(text, "MODULE_PYTHON_SCRIPTS").split()
+    assert sorted(p.name for p in MODULE_DIR.glob("*.py")) == ["WeakTumorSeg.py"]
+    resources = _cmake_set(text, "MODULE_PYTHON_RESOURCES").replace("${MODULE_NAME}", "WeakTumorSeg").split()
+    for resource in resources:
+        assert (MODULE_DIR / resource).is_file(), resource
+    shipped = sorted(str(p.relative_to(MODULE_DIR)) for p in (MODULE_DIR / "Resources").rglob("*") if p.is_file())
+    assert shipped == sorted(resources)
+    assert "WITH_GENERIC_TESTS" in text
+    assert re.search(r"slicer_add_python_unittest\(\s*SCRIPT\s+\$\{MODULE_NAME\}\.py\s*\)", text)
+    assert (MODULE_DIR / "Testing" / "Python" / "CMakeLists.txt").is_file()
+
+
+def test_requirements_follow_pyproject_without_torch():
+    deps = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    expected = sorted(d.replace(" ", "") for d in deps if not re.match(r"torch\b", d))
+    lines = (MODULE_DIR / "Resources" / "requirements.txt").read_text().splitlines()
+    requirements = sorted(ln.split("#")[0].strip().replace(" ", "") for ln in lines if ln.split("#")[0].strip())
+    assert requirements == expected
+
+
+def test_slicer_core_is_pinned_in_the_test_extra():
+    test_extra = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
+    pins = [r for r in test_extra if r.startswith("slicer-core==")]
+    assert len(pins) == 1 and "python_version == '3.11'" in pins[0]
