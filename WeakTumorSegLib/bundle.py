@@ -52,6 +52,8 @@ METHOD_DECISIONS = {
     "negative_seed_loss": "log(1 - m) on S-",
     "variation_loss_weight": "(1 - m)",
     "seed_maps": "RISE at classifier resolution, per-image min-max, S+ > 0.8, S- < 0.2, resampled to patch",
+    "rise_estimator": "rise.centered: sum_i (p_i - mean p) M_i / (N p1) (same expected map as RISE after "
+                      "min-max, less noise); false gives RISE's sum_i p_i M_i / (N p1)",
     "converter_negative_seed_rule": "train U on X_C images whose negative seeds cover < 50% (direction configurable)",
     "tile_stride": 64,
     "refinement": "union of accepted components, undilated",

@@ -51,9 +51,10 @@ from .preprocess import PreprocessConfig
 from .refine import RefineConfig, refine_seeds
 from .seeds import RiseConfig, classifier_rise, seeds_from_maps
 from .segmenter import segmenter_loss
+from .evaluate import choose_residual_threshold
 
 STAGES = ("classifier", "seeds", "gan", "converter", "segmenter0", "refine", "segmenter_us", "segmenter_os",
-          "bundle")
+          "segmenter_seed_only", "bundle")
 
 Log = Callable[[str], None]
 Progress = Callable[[str, int, int], None]
@@ -534,12 +535,15 @@ class TrainingRun:
 
     # -- stages 5, 7, 8: segmenters ------------------------------------------------------------------------
     def train_segmenter(self, stage: str, subset: np.ndarray, pos: torch.Tensor, neg: torch.Tensor,
-                        x_hat: torch.Tensor, classifier: nn.Module) -> nn.Module:
+                        x_hat: torch.Tensor, classifier: nn.Module, seed_only: bool = False) -> nn.Module:
+        """Train a segmenter on ``subset`` with Eqs. 12-16; ``seed_only`` drops L_var and L_size
+        (the Table 5 baseline: S0 trained with the seed loss only)."""
         self._seed(stage)
         model = self._unet("segmenter", len(self.channels))
         if self._skip(stage):
             return self._load_weights(stage, stage, model)
         t0, c = time.perf_counter(), self.config["segmenter"]
+        epsilon, zeta = (0.0, 0.0) if seed_only else (c["epsilon"], c["zeta"])
         sel = torch.from_numpy(np.flatnonzero(subset))
         if len(sel) == 0:
             raise InputError(f"{stage}: no training image (check the classifier and seeds)", self.data_path)
@@ -555,7 +559,7 @@ class TrainingRun:
             m = ddp(xb)
             total, parts = segmenter_loss(m, ps[idx].to(self.device), ns[idx].to(self.device),
                                           xb[:, self.flair:self.flair + 1], hs[idx].to(self.device),
-                                          c["delta"], c["epsilon"], c["zeta"],
+                                          c["delta"], epsilon, zeta,
                                           bool(c.get("balanced_seed_loss", False)))
             opt.zero_grad(set_to_none=True)
             total.backward()
@@ -623,6 +627,8 @@ class TrainingRun:
                                         unet_width=cfg["segmenter"]["width"], latent=cfg["segmenter"]["latent"])
         archs["converter"] = ("unet", {"in_channels": 1, "out_channels": 1, "width": cfg["gan"]["width"],
                                        "latent": cfg["gan"]["latent"]})
+        for extra in ("segmenter0", "baseline_seed_only"):  # for evaluation (Tables 4 and 5), not inference
+            archs[extra] = archs["segmenter_us"]
         metrics = self.validation_metrics(models)
         rise = {k: v for k, v in cfg["rise"].items() if k != "chunk"}
         stage_info = {s: json.loads((self.stage_dir(s) / "done.json").read_text())
@@ -640,6 +646,9 @@ class TrainingRun:
                          "stages": stage_info, "world_size": self.dist.world},
             "metrics": metrics,
         }
+        residual = self.residual_baseline(models["converter"])
+        if residual:
+            bundle_cfg["baselines"] = {"residual": residual}
         path = self.out
         if self.dist.main:
             save_bundle(path, bundle_cfg, {k: unwrap(m) for k, m in models.items()}, archs, overwrite=True)
@@ -648,6 +657,22 @@ class TrainingRun:
         self.dist.barrier()
         self.timings["bundle"] = time.perf_counter() - t0
         return path
+
+    def residual_baseline(self, converter: nn.Module) -> dict | None:
+        """The threshold of the residual baseline (Baur et al.; 000 Table 5) chosen on the training
+        split, never on evaluated patients: per training patient, FLAIR and U(FLAIR) of its slices
+        at patch size, threshold maximising the mean per-patient Dice. None without masks."""
+        if self.train.mask is None or not self.config.get("baselines", {}).get("residual", True):
+            return None
+        flair = torch.from_numpy(self.train.x[:, self.flair:self.flair + 1])
+        healthy = self._predict(converter, flair)[:, 0].numpy()
+        f = flair[:, 0].numpy()
+        groups = [np.flatnonzero(self.train.patient == i) for i in np.unique(self.train.patient)]
+        t = choose_residual_threshold([f[g] for g in groups], [healthy[g] for g in groups],
+                                      [self.train.mask[g] for g in groups])
+        self.log(f"residual baseline: threshold {t:.2f} chosen on {len(groups)} training patients")
+        return {"threshold": t, "median": 5,
+                "chosen_on": "training split, slices at patch size, mean per-patient Dice"}
 
     def validation_metrics(self, models: Mapping[str, nn.Module]) -> dict:
         """Patch-level validation metrics (slices at patch size, not whole volumes): classifier
@@ -691,8 +716,13 @@ class TrainingRun:
         s_us = self.train_segmenter("segmenter_us", xcr | tumour_free, refined["pos_r"], seeds["neg"], x_hat,
                                     classifier)
         s_os = self.train_segmenter("segmenter_os", xcr, refined["pos_r"], seeds["neg"], x_hat, classifier)
-        path = self.stage_bundle({"classifier": classifier, "converter": converter, "segmenter_us": s_us,
-                                  "segmenter_os": s_os})
+        models = {"classifier": classifier, "converter": converter, "segmenter_us": s_us, "segmenter_os": s_os,
+                  "segmenter0": s0}
+        if self.config.get("baselines", {}).get("seed_only", False):
+            models["baseline_seed_only"] = self.train_segmenter(
+                "segmenter_seed_only", np.ones(len(self.x), bool), seeds["pos"], seeds["neg"], x_hat, classifier,
+                seed_only=True)
+        path = self.stage_bundle(models)
         self.log("stage times: " + ", ".join(f"{s} {self.timings.get(s, 0):.0f} s" for s in STAGES))
         self.log(f"bundle written to {path} ({time.perf_counter() - t_all:.0f} s this session)")
         return path
