@@ -38,6 +38,8 @@ _PAPER = {
                   "negative_seed_rule": "below", "negative_seed_fraction": 0.5},
     "segmenter": {"width": 64, "latent": 100, "epochs": 200, "batch": 32, "lr": 2e-4, "halve_every": 50,
                   "betas": [0.9, 0.999], "delta": 4.0, "epsilon": 1.0, "zeta": 0.25,
+                  # 0 = the paper's fixed epochs; > 0 lengthens a stage whose subset is small
+                  "min_steps": 0,
                   # Eq. 12 pools positive and negative seeds; True averages each set separately
                   "balanced_seed_loss": False},
     "refine": {"radii": [1, 2, 3, 4, 5], "accept_below": 0.5, "binarize_at": 0.5, "min_size": 1, "batch": 64},
@@ -70,7 +72,8 @@ PRESETS: dict[str, dict] = {
         "rise": {"n_masks": 200, "cells": 8, "batch": 100},
         "gan": {"width": 12, "epochs": 15, "halve_every": 10},
         "converter": {"epochs": 12, "halve_every": 8},
-        "segmenter": {"width": 12, "epochs": 12, "halve_every": 8, "lr": 1e-3, "balanced_seed_loss": True},
+        "segmenter": {"width": 12, "epochs": 12, "halve_every": 8, "lr": 1e-3, "balanced_seed_loss": True,
+                      "min_steps": 400},
     }),
     # a smoke run in a few minutes on 2 CPU cores
     "tiny": _merge(_PAPER, {
@@ -82,7 +85,7 @@ PRESETS: dict[str, dict] = {
         # zeta: the size prior is data-dependent (000 uses 0.25 / 0.2); 2.0 keeps S0 from spreading
         # from the seeds over the unlabelled ring around the tumour on small phantom tumours
         "segmenter": {"width": 6, "latent": 32, "epochs": 16, "batch": 16, "halve_every": 10, "lr": 2e-3,
-                      "zeta": 2.0, "balanced_seed_loss": True},
+                      "zeta": 2.0, "balanced_seed_loss": True, "min_steps": 150},
         # binarise S0 at 0.9 before taking components: S0's confident core, not its soft rim
         "refine": {"batch": 32, "binarize_at": 0.9},
         "baselines": {"seed_only": False},

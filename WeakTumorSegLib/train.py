@@ -25,6 +25,7 @@ ranks wait at a barrier and read them back.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -551,7 +552,14 @@ class TrainingRun:
         ddp = self.dist.wrap(model)
         self._seed_rank(stage)
         opt = torch.optim.Adam(model.parameters(), lr=c["lr"], betas=tuple(c["betas"]))
-        sched = torch.optim.lr_scheduler.StepLR(opt, c["halve_every"], 0.5)
+        epochs, halve = int(c["epochs"]), int(c["halve_every"])
+        min_steps = int(c.get("min_steps") or 0)
+        steps = math.ceil(len(sel) / (int(c["batch"]) * self.dist.world))
+        if epochs * steps < min_steps:  # a small subset (S_OS on X_C,r) gets as many steps as S0, not fewer
+            scale = math.ceil(min_steps / (epochs * steps))
+            epochs, halve = epochs * scale, halve * scale
+            self.log(f"{stage}: {len(sel)} images; {epochs} epochs to reach segmenter.min_steps = {min_steps}")
+        sched = torch.optim.lr_scheduler.StepLR(opt, halve, 0.5)
         p_val = self._predict(classifier, torch.from_numpy(self.val.x)) if len(self.val.label) else None
 
         def step(idx):
@@ -576,7 +584,7 @@ class TrainingRun:
             return {"val_dice_per_slice": float(d.mean()),
                     "val_dice_tumour_slices": float(d[tumour].mean()) if tumour.any() else float("nan")}
 
-        history = self._epochs(stage, {stage: model}, {stage: opt}, {"step": sched}, int(c["epochs"]), len(sel),
+        history = self._epochs(stage, {stage: model}, {stage: opt}, {"step": sched}, epochs, len(sel),
                                int(c["batch"]), step, validate)
         recalibrate_batchnorm(model, xs, int(c["batch"]), self.device)
         self._finish(stage, t0, {"training_images": len(sel), "last": history[-1] if history else {}},
