@@ -63,5 +63,7 @@ def test_seeds_land_on_and_off_the_tumour(trained):
 
 def test_fused_mask_covers_unseen_tumours(trained):
     fused = trained["eval"]["segmentation"]["fused"]
-    assert fused["per_slice_tumour"] >= 0.7, fused
-    assert fused["per_volume_3d"] >= 0.7, fused
+    # measured here: 0.72 per tumour slice, 0.74 per volume; the margin absorbs the numerical
+    # differences of other CPUs, while a collapsed segmenter (0.04 once) still fails
+    assert fused["per_slice_tumour"] >= 0.65, fused
+    assert fused["per_volume_3d"] >= 0.65, fused
