@@ -304,7 +304,7 @@ def test_labels_only_cohort_trains(cohort, train_config, tmp_path):
     assert split["train"] and split["val"] and not set(split["train"]) & set(split["val"])
     assert split == json.loads((tmp_path / "bundle.run" / "split.json").read_text())
     seconds = training["stage_seconds"]
-    assert set(seconds) == set(STAGES[:-1])
+    assert set(seconds) == set(STAGES[:-1]) - {"segmenter_seed_only"}  # tiny turns that baseline off
     assert all(isinstance(v, (int, float)) and v >= 0 for v in seconds.values())
     assert training["world_size"] == 1
     done = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")][-1]

@@ -650,7 +650,8 @@ class TrainingRun:
                          "split": json.loads((self.dir / "split.json").read_text()),
                          "slices": {"train": len(self.train.label), "train_tumour": int(self.train.label.sum()),
                                     "val": len(self.val.label), "val_tumour": int(self.val.label.sum())},
-                         "stage_seconds": {s: round(self.timings.get(s, 0.0), 1) for s in STAGES[:-1]},
+                         "stage_seconds": {s: round(self.timings.get(s, 0.0), 1) for s in STAGES[:-1]
+                                           if s in self.timings},  # stages a preset turns off are absent
                          "stages": stage_info, "world_size": self.dist.world},
             "metrics": metrics,
         }
@@ -731,7 +732,7 @@ class TrainingRun:
                 "segmenter_seed_only", np.ones(len(self.x), bool), seeds["pos"], seeds["neg"], x_hat, classifier,
                 seed_only=True)
         path = self.stage_bundle(models)
-        self.log("stage times: " + ", ".join(f"{s} {self.timings.get(s, 0):.0f} s" for s in STAGES))
+        self.log("stage times: " + ", ".join(f"{s} {self.timings[s]:.0f} s" for s in STAGES if s in self.timings))
         self.log(f"bundle written to {path} ({time.perf_counter() - t_all:.0f} s this session)")
         return path
 
