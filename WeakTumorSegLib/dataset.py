@@ -213,7 +213,7 @@ def slice_labels(case: Case, n_slices: int, erosion: int = 0) -> np.ndarray:
     if case.mask is None:
         raise InputError(f"slice labels needed: {case.id}_{LABELS_PART}.csv or {case.id}_{MASK_PART}.nii.gz",
                          _case_folder(case))
-    mask = _read_mask(Path(case.mask))
+    mask = read_mask(Path(case.mask))
     if mask.shape[0] != n_slices:
         raise InputError(f"mask has {mask.shape[0]} slices, the volume {n_slices}", case.mask)
     return labels_from_mask(mask, erosion)
@@ -262,7 +262,7 @@ def _labels_from_csv(path: Path, n_slices: int) -> np.ndarray:
     return out
 
 
-def _read_mask(path: Path, geometry: Geometry | None = None, reference: str = "") -> np.ndarray:
+def read_mask(path: Path, geometry: Geometry | None = None, reference: str = "") -> np.ndarray:
     """Read a mask as a boolean ``(slice, row, column)`` array, checking its voxel grid."""
     import SimpleITK as sitk
 
@@ -437,7 +437,7 @@ def load_slices(cases: Sequence[Case], channels: Sequence[str], pp: PreprocessCo
         labels = slice_labels(case, z, erosion) if case.labels is not None else None
         mask = None
         if case.mask is not None:
-            mask = _read_mask(Path(case.mask), volume.geometry, f"channel '{names[0]}' ({paths[names[0]]})")
+            mask = read_mask(Path(case.mask), volume.geometry, f"channel '{names[0]}' ({paths[names[0]]})")
             if labels is None:
                 labels = labels_from_mask(mask, erosion)
         bbox = brain_bbox(stack, pp.brain_threshold)

@@ -53,12 +53,12 @@ import torch
 from scipy import ndimage
 
 from .bundle import BUNDLE_FILE, Bundle, load_model
-from .dataset import Case, _read_mask, slice_labels
+from .dataset import Case, read_mask, slice_labels
 from .errors import InputError, WeakTumorSegError
 from .filtering import flag_slices
 from .inference import EXTRA_HEALTHY, segment_arrays
 from .io import OutputSet, read_channels, write_csv
-from .metrics import roc_auc, sensitivity_specificity
+from .metrics import dice_from_counts, roc_auc, sensitivity_specificity
 
 #: Bundle models evaluated when the bundle has them (Tables 4 and 5).
 OPTIONAL_MODELS = ("segmenter0", "baseline_seed_only")
@@ -168,12 +168,6 @@ def choose_residual_threshold(flair_list: Sequence[np.ndarray], healthy_list: Se
 
 # --------------------------------------------------------------------------------------------
 # Pure summaries
-
-
-def slice_dice(pixels: np.ndarray, overlap: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Per-slice Dice from counts, empty-vs-empty = 1."""
-    total = np.asarray(pixels, dtype=np.float64) + np.asarray(truth, dtype=np.float64)
-    return np.where(total == 0, 1.0, 2.0 * np.asarray(overlap, dtype=np.float64) / np.maximum(total, 1))
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -350,7 +344,7 @@ def evaluate_case(bundle: Bundle, case: Case, device: torch.device | str, option
     paths = {c: case.channels[c] for c in bundle.channels}
     volume = read_channels(paths)
     first = bundle.channels[0]
-    truth = _read_mask(Path(case.mask), volume.geometry, f"channel '{first}' ({paths[first]})")
+    truth = read_mask(Path(case.mask), volume.geometry, f"channel '{first}' ({paths[first]})")
     z = truth.shape[0]
     label_csv = slice_labels(case, z) if case.labels is not None else None
     have = available_models(bundle, options.residual_threshold)
@@ -448,7 +442,7 @@ def summarise(cases: Sequence[CaseEvaluation], bundle: Bundle, options: Evaluate
         else:
             pix = np.concatenate([c.models[key][0] for c in cases])
             ovl = np.concatenate([c.models[key][1] for c in cases])
-            d = slice_dice(pix, ovl, truth)
+            d = dice_from_counts(pix, ovl, truth)
             vols = [volume_dice(c, key) for c in bearing]
             entry.update({
                 "per_volume_3d": float(np.mean(vols)) if vols else float("nan"),
@@ -460,7 +454,7 @@ def summarise(cases: Sequence[CaseEvaluation], bundle: Bundle, options: Evaluate
         segmentation[key] = entry
 
     fused_pix = np.concatenate([c.models["fused"][0] for c in cases])
-    fused_dice = slice_dice(fused_pix, np.concatenate([c.models["fused"][1] for c in cases]), truth)
+    fused_dice = dice_from_counts(fused_pix, np.concatenate([c.models["fused"][1] for c in cases]), truth)
     nonempty = fused_pix > 0
     curve = filter_curve(fused_dice, fused_pix, scores, truth, options.filter_thresholds)
     return {
@@ -483,8 +477,7 @@ def summarise(cases: Sequence[CaseEvaluation], bundle: Bundle, options: Evaluate
 def volume_dice(case: CaseEvaluation, key: str) -> float:
     """3D Dice of one patient for model ``key`` (empty vs empty = 1)."""
     pix, ovl = case.models[key]
-    total = int(pix.sum()) + int(case.truth_pixels.sum())
-    return 1.0 if total == 0 else 2.0 * int(ovl.sum()) / total
+    return float(dice_from_counts(pix.sum(), ovl.sum(), case.truth_pixels.sum()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -508,7 +501,7 @@ def per_slice_rows(cases: Sequence[CaseEvaluation], keys: Sequence[str]) -> tupl
         columns += [f"pixels_{key}", f"overlap_{key}", f"dice_{key}"]
     rows = []
     for c in cases:
-        dices = {k: slice_dice(*c.models[k], c.truth_pixels) for k in keys}
+        dices = {k: dice_from_counts(*c.models[k], c.truth_pixels) for k in keys}
         for s in range(c.slices):
             row = {"patient": c.id, "slice": s, "truth_pixels": int(c.truth_pixels[s]),
                    "label_csv": "" if c.label_csv is None else int(c.label_csv[s]),
@@ -536,7 +529,7 @@ def per_volume_rows(cases: Sequence[CaseEvaluation], keys: Sequence[str], seeds:
                "flagged_slices": int(np.sum(c.flagged)), "seconds": f"{c.seconds:.2f}"}
         for k in keys:
             row[f"dice_3d_{k}"] = _fmt(volume_dice(c, k))
-            row[f"dice_per_slice_paper_{k}"] = _fmt(float(slice_dice(*c.models[k], c.truth_pixels).mean()))
+            row[f"dice_per_slice_paper_{k}"] = _fmt(float(dice_from_counts(*c.models[k], c.truth_pixels).mean()))
             row[f"voxels_{k}"] = int(c.models[k][0].sum())
         if seeds:
             s = c.seeds

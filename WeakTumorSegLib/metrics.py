@@ -44,12 +44,16 @@ def dice(a: np.ndarray, b: np.ndarray, empty: float = 1.0) -> float:
     return empty if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
+def dice_from_counts(pred_pixels: np.ndarray, overlap: np.ndarray, truth_pixels: np.ndarray) -> np.ndarray:
+    """Dice from per-item counts (predicted, overlapping and true pixels), empty-vs-empty = 1."""
+    total = np.asarray(pred_pixels, dtype=np.float64) + np.asarray(truth_pixels, dtype=np.float64)
+    return np.where(total == 0, 1.0, 2.0 * np.asarray(overlap, dtype=np.float64) / np.maximum(total, 1))
+
+
 def per_slice_dice(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Dice of every slice of ``(N, H, W)`` arrays, empty-vs-empty = 1 (the paper's convention)."""
     p, t = pred.astype(bool).reshape(len(pred), -1), truth.astype(bool).reshape(len(truth), -1)
-    inter = (p & t).sum(1)
-    total = p.sum(1) + t.sum(1)
-    return np.where(total == 0, 1.0, 2.0 * inter / np.maximum(total, 1))
+    return dice_from_counts(p.sum(1), (p & t).sum(1), t.sum(1))
 
 
 def seed_overlap(pos: np.ndarray, neg: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
