@@ -68,6 +68,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _add_run_options(parser: argparse.ArgumentParser, progress_help: str, quiet_help: str) -> None:
+    """--threads, --progress, --quiet and --debug, shared by every subcommand."""
+    parser.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for PyTorch")
+    parser.add_argument("--progress", choices=MODES, default="bar", help=progress_help)
+    parser.add_argument("--quiet", "-q", action="store_true", help=quiet_help)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG, description="Weakly supervised brain-tumour segmentation of MR volumes (Yoo et al.).")
@@ -93,13 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also write the classifier's RISE positive/negative seeds as segments")
     seg.add_argument("--seed-masks", type=_positive_int, default=None,
                      help="number of RISE masks for --seeds (default: the bundle's)")
-    seg.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for PyTorch")
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    seg.add_argument("--progress", choices=MODES, default="bar",
-                     help="bar: progress bars on stderr (default); json: one JSON object per line on stdout "
-                          "(stage, done, total); none: no progress")
-    seg.add_argument("--quiet", "-q", action="store_true", help="no progress and no summary (errors still shown)")
-    seg.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    _add_run_options(seg, progress_help="bar: progress bars on stderr (default); json: one JSON object per line "
+                                        "on stdout (stage, done, total); none: no progress",
+                     quiet_help="no progress and no summary (errors still shown)")
     seg.set_defaults(func=cmd_segment)
 
     tr = sub.add_parser(
@@ -118,10 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--run-dir", type=Path, default=None, help="run directory (default: <out>.run)")
     tr.add_argument("--resume", action="store_true", help="continue the run in the run directory")
     tr.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    tr.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for PyTorch")
-    tr.add_argument("--progress", choices=MODES, default="bar", help="bar (default), json or none")
-    tr.add_argument("--quiet", "-q", action="store_true", help="no progress and no log lines")
-    tr.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    _add_run_options(tr, progress_help="bar (default), json or none", quiet_help="no progress and no log lines")
     tr.set_defaults(func=cmd_train)
 
     ev = sub.add_parser(
@@ -151,12 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--residual-threshold", type=_threshold_arg, default=None,
                     help="threshold of the residual baseline (default: the bundle's baselines.residual.threshold, "
                          "chosen on its training split; never choose it on the evaluated patients)")
-    ev.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for PyTorch")
     ev.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    ev.add_argument("--progress", choices=MODES, default="bar",
-                    help="bar: progress on stderr (default); json: one JSON object per line on stdout; none")
-    ev.add_argument("--quiet", "-q", action="store_true", help="no progress and no summary (errors still shown)")
-    ev.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    _add_run_options(ev, progress_help="bar: progress on stderr (default); json: one JSON object per line on stdout; "
+                                       "none", quiet_help="no progress and no summary (errors still shown)")
     ev.set_defaults(func=cmd_evaluate)
     return parser
 
