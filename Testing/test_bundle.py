@@ -231,3 +231,57 @@ def test_cli_refuses_tampered_bundle(tiny_bundle, phantom_case, tmp_path):
     assert len(lines) == 1, detail
     assert str(path) in lines[0] or str(path.resolve()) in lines[0], detail
     assert files_in(out) == [], detail
+
+
+# --------------------------------------------------------------------------------------------
+# packing for shipping (float16 weights, optional models left out)
+
+
+def test_pack_float16_halves_weights_and_keeps_the_segmentation(gate_open_bundle, phantom, tmp_path):
+    root, _ = gate_open_bundle
+    src = copy_bundle(root, tmp_path / "src")
+    config = read_config(src)
+    config["metrics"] = {"dice": 0.5}
+    write_config(src, config)
+    proc = run_cli("pack", "--bundle", src, "--out", tmp_path / "packed")
+    assert proc.returncode == 0, proc.stderr
+    packed = tmp_path / "packed"
+    for name in INFERENCE_MODELS:
+        with safe_open(str(weight_file(packed, name)), "pt") as fh:
+            dtypes = {fh.get_tensor(k).dtype for k in fh.keys()}
+        assert torch.float16 in dtypes and torch.float32 not in dtypes, name
+        assert weight_file(packed, name).stat().st_size < 0.6 * weight_file(src, name).stat().st_size
+    cfg = read_config(packed)
+    assert cfg["weights_dtype"] == "float16" and cfg["metrics"] == {"dice": 0.5}
+    assert cfg["packed_from"]["name"] == "tiny-test" and cfg["packed_from"]["models_left_out"] == []
+    a = segment_arrays(Bundle.load(src), phantom.channels, "cpu")
+    b = segment_arrays(Bundle.load(packed), phantom.channels, "cpu")  # loads into float32 models
+    assert all(p.dtype == torch.float32 for m in Bundle.load(packed).models.values() for p in m.parameters())
+    np.testing.assert_allclose(b.probability, a.probability, atol=2e-2)
+    assert np.mean(a.mask != b.mask) < 1e-3
+
+
+def test_pack_keeps_only_the_requested_optional_models(tiny_bundle, tmp_path):
+    src = copy_bundle(tiny_bundle, tmp_path / "src")
+    config = read_config(src)
+    for extra in ("segmenter0", "baseline_seed_only"):  # stand-ins with the segmenter's architecture
+        shutil.copy(weight_file(src, "segmenter_us"), src / f"{extra}.safetensors")
+        config["models"][extra] = {**config["models"]["segmenter_us"], "weights": f"{extra}.safetensors"}
+    write_config(src, config)
+    out = tmp_path / "packed"
+    assert run_cli("pack", "--bundle", src, "--out", out, "--models", "segmenter0").returncode == 0
+    cfg = read_config(out)
+    assert set(cfg["models"]) == {*INFERENCE_MODELS, "segmenter0"}
+    assert cfg["packed_from"]["models_left_out"] == ["baseline_seed_only"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([BUNDLE_FILE, *(f"{m}.safetensors" for m in cfg["models"])])
+    # an unknown model name, an existing output and a tampered source are refused in one line
+    for args, words in ((["--models", "nonesuch"], ["nonesuch"]), ([], ["already exists"])):
+        proc = run_cli("pack", "--bundle", src, "--out", out, *args)
+        assert proc.returncode != 0 and len(stderr_lines(proc)) == 1
+        assert all(w in proc.stderr for w in words), proc.stderr
+    path = weight_file(src, "segmenter_os")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    proc = run_cli("pack", "--bundle", src, "--out", tmp_path / "other")
+    assert proc.returncode != 0 and str(path) in proc.stderr and not (tmp_path / "other").exists()

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from WeakTumorSegLib.bundle import Bundle
-from WeakTumorSegLib.classifier import Classifier, CompactClassifier, VGG16BNClassifier
+from WeakTumorSegLib.classifier import Classifier, CompactClassifier, VGG16BNClassifier, augment_batch
 from WeakTumorSegLib.filtering import (REASON_LOW_DIFFERENCE, REASON_UNDECIDED, difference_scores, flag_slices,
                                        mean_in_mask)
 from WeakTumorSegLib.fusion import fuse, fusion_weight
@@ -24,8 +24,8 @@ from WeakTumorSegLib.generator import Discriminator, Encoder, Generator, UNet
 from WeakTumorSegLib.inference import segment_arrays
 from WeakTumorSegLib.networks import build
 from WeakTumorSegLib.preprocess import brain_bbox, normalize_channel, plan_crop, to_input, to_working
-from WeakTumorSegLib.seeds import (RiseConfig, classifier_rise, generate_masks, normalize_maps, rise_maps,
-                                   seeds_from_maps)
+from WeakTumorSegLib.seeds import (RiseConfig, classifier_rise, extend_negative_seeds, gate_positive_seeds, generate_masks, normalize_maps,
+                                   rise_maps, seeds_from_maps)
 from WeakTumorSegLib.tiling import Tiling, tile_starts
 
 PATCH, STRIDE = 128, 64
@@ -618,6 +618,65 @@ def test_seeds_from_maps_labels():
     assert pos[1].any() and neg[1].any()
     # a constant map normalises to 0
     assert torch.equal(normalize_maps(torch.full((1, 4, 4), 3.0)), torch.zeros(1, 4, 4))
+
+
+def test_gate_positive_seeds_keeps_bright_tissue_only():
+    # FLAIR: background 0, tissue 1..8 in the top two rows; q=0.5 of the tissue is 4.5 -> keep 5..8
+    flair = torch.zeros(2, 4, 4)
+    flair[:, :2] = torch.arange(1, 9, dtype=torch.float32).reshape(2, 4)
+    pos = torch.ones(2, 4, 4, dtype=torch.bool)
+    pos[1, 1, 0] = False  # a pixel that is bright but not a seed stays off
+    gated = gate_positive_seeds(pos, flair, 0.5)
+    expected = torch.zeros(2, 4, 4, dtype=torch.bool)
+    expected[:, 1] = True
+    expected[1, 1, 0] = False
+    assert torch.equal(gated, expected)
+    # quantile 0 keeps every tissue pixel but the darkest; background never becomes a seed
+    assert int(gate_positive_seeds(pos[:1], flair[:1], 0.0).sum()) == 7
+    assert torch.equal(gate_positive_seeds(pos, flair, None), pos)  # off: the paper's seeds
+    assert not gate_positive_seeds(pos, torch.zeros(2, 4, 4), 0.5).any()  # no tissue, no seed
+    with pytest.raises(ValueError):
+        gate_positive_seeds(pos, flair, 1.0)
+    # the negative counterpart: tissue at or below the quantile joins S-, background does not
+    neg = torch.zeros(2, 4, 4, dtype=torch.bool)
+    neg[0, 3, 3] = True  # an existing negative seed stays
+    ext = extend_negative_seeds(neg, flair, 0.5)
+    expected = torch.zeros(2, 4, 4, dtype=torch.bool)
+    expected[:, 0] = True
+    expected[0, 3, 3] = True
+    assert torch.equal(ext, expected)
+    assert torch.equal(extend_negative_seeds(neg, flair, None), neg)
+
+
+def test_gate_raises_seed_precision_on_a_blurry_map():
+    # RISE-like blob larger than the tumour: the bright core of FLAIR is the tumour
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    tumour = ((yy - 30) ** 2 + (xx - 34) ** 2) < 36
+    brain = ((yy - 32) ** 2 / 900 + (xx - 32) ** 2 / 700) < 1
+    flair = (0.4 * brain + 0.5 * tumour).float()[None]
+    blob = torch.exp(-(((yy - 30) ** 2 + (xx - 34) ** 2) / (2 * 16.0 ** 2)))[None]
+    pos, _ = seeds_from_maps(blob)
+    before = float((pos & tumour).sum() / pos.sum())
+    gated = gate_positive_seeds(pos, flair, 0.9)
+    after = float((gated & tumour).sum() / gated.sum())
+    assert before < 0.5 and after == 1.0
+
+
+def test_flip_augmentation_mirrors_whole_images():
+    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)
+    assert augment_batch(x, "none") is x
+    seen = set()
+    for seed in range(20):
+        out = augment_batch(x, "flip", torch.Generator().manual_seed(seed))
+        for k in range(2):
+            if torch.equal(out[k], x[k]):
+                seen.add("same")
+            else:
+                assert torch.equal(out[k], x[k].flip(-1))  # every channel mirrored together
+                seen.add("flipped")
+    assert seen == {"same", "flipped"}
+    with pytest.raises(ValueError):
+        augment_batch(x, "rotate")
 
 
 class SquareClassifier(Classifier):

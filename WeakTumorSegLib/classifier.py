@@ -18,6 +18,21 @@ import torch.nn.functional as F
 from torch import nn
 
 
+AUGMENTATIONS = ("none", "flip")
+
+
+def augment_batch(x: torch.Tensor, mode: str = "none", generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training-time augmentation of a ``(B, C, H, W)`` batch (not in 000, which trains on the
+    images as they are): ``"flip"`` mirrors each image left-right with probability 0.5 (brains
+    are roughly symmetric, tumours occur on either side); ``"none"`` returns ``x``."""
+    if mode == "none":
+        return x
+    if mode != "flip":
+        raise ValueError(f"unknown augmentation {mode!r}; choose one of {', '.join(AUGMENTATIONS)}")
+    flip = torch.rand(len(x), generator=generator) < 0.5
+    return torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
+
+
 class Classifier(nn.Module):
     """Common interface: ``forward(x)`` returns probabilities ``(B,)`` for ``(B, C, H, W)``."""
 

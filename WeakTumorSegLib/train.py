@@ -40,6 +40,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .bundle import inference_architectures, save_bundle
+from .classifier import augment_batch
 from .checkpoint import checkpoint_exists, load_checkpoint, remove_checkpoint, save_checkpoint, unwrap
 from .dataset import discover, load_slices, split_patients, validate_cohort
 from .errors import InputError
@@ -50,7 +51,7 @@ from .metrics import per_slice_dice, roc_auc, seed_overlap, sensitivity_specific
 from .networks import build
 from .preprocess import PreprocessConfig
 from .refine import RefineConfig, refine_seeds
-from .seeds import RiseConfig, classifier_rise, seeds_from_maps
+from .seeds import RiseConfig, classifier_rise, extend_negative_seeds, gate_positive_seeds, seeds_from_maps
 from .segmenter import segmenter_loss
 from .evaluate import choose_residual_threshold
 
@@ -349,9 +350,10 @@ class TrainingRun:
         pos_weight = torch.tensor((len(self.y) - n_pos) / max(n_pos, 1.0), device=self.device)
         xv = torch.from_numpy(self.val.x)
         yv = self.val.label
+        augment = str(c.get("augment", "none"))
 
         def step(idx):  # class-balanced BCE (000: class weights so both classes weigh equally)
-            xb, yb = self.x[idx].to(self.device), self.y[idx].to(self.device)
+            xb, yb = augment_batch(self.x[idx], augment).to(self.device), self.y[idx].to(self.device)
             p = ddp(xb).clamp(1e-7, 1 - 1e-7)
             loss = F.binary_cross_entropy(p, yb, weight=torch.where(yb > 0, pos_weight, torch.ones_like(yb)))
             opt.zero_grad(set_to_none=True)
@@ -400,6 +402,9 @@ class TrainingRun:
                 self.progress(label, start, len(tumour))
                 maps = classifier_rise(classifier, self.x[idx].to(self.device), rise)
                 sp, sn = seeds_from_maps(maps, rise.positive, rise.negative)
+                flair = self.x[idx, self.flair].to(sp.device)
+                sp = gate_positive_seeds(sp, flair, rise.positive_flair_quantile)
+                sn = extend_negative_seeds(sn, flair, rise.negative_flair_quantile)
                 pos[idx], neg[idx] = sp.cpu().to(torch.uint8), sn.cpu().to(torch.uint8)
                 save_checkpoint(ckpt, {}, state={"done": start + len(idx)}, tensors={"pos": pos, "neg": neg})
                 self.progress(label, start + len(idx), len(tumour))
@@ -609,8 +614,12 @@ class TrainingRun:
                                binarize_at=rc["binarize_at"], min_size=rc["min_size"], batch=rc["batch"])
             result = refine_seeds(classifier, images, masks, cfg, device=self.device,
                                   progress=lambda d, t: self.progress("refine", d, t))
-            pos_r[idx] = torch.from_numpy(result.seeds.astype(np.uint8))
-            xcr[idx] = torch.from_numpy(result.accepted)
+            # the positive-seed gate applies to the refined seeds too; an image it leaves without
+            # any refined seed drops out of X_C,r (S_OS would learn an empty mask on a tumour)
+            gated = gate_positive_seeds(torch.from_numpy(result.seeds), self.x[idx, self.flair],
+                                        self.config["rise"].get("positive_flair_quantile"))
+            pos_r[idx] = gated.to(torch.uint8)
+            xcr[idx] = torch.from_numpy(result.accepted) & gated.flatten(1).any(1)
             info.update({"components": int(result.n_components.sum()), "accepted": int(result.n_accepted.sum()),
                          "x_c_r": int(result.accepted.sum())})
             if not result.accepted.any():
