@@ -728,6 +728,31 @@ def test_unet_shapes_and_range():
         assert torch.equal(code, net.encoder(x))
 
 
+def test_unet_without_fine_skips_ignores_fine_encoder_detail():
+    """``skips=k`` keeps the k coarsest skip connections: a change of the input that the encoder
+    sees only at the finest level no longer reaches the output directly."""
+    torch.manual_seed(0)
+    full, four = UNet(1, width=4, latent=8), UNet(1, width=4, latent=8, skips=4)
+    assert len(full.skips) == 5 and len(four.skips) == 4
+    four.load_state_dict({k: v for k, v in full.state_dict().items() if not k.startswith("skips.4.")})
+    assert not any(k.startswith("skips.4.") for k in four.state_dict())
+    full.eval(), four.eval()
+    x = torch.rand(1, 1, 128, 128)
+    with torch.no_grad():
+        # the coarse path is shared: with the finest skip's contribution removed by hand, the outputs agree
+        feats = full.encoder.features(x)
+        h = feats[-1]
+        skips = list(reversed(feats[:-1]))
+        for i, block in enumerate(full.decoder.blocks[:-1]):
+            h = block(h)
+            if i < 4:
+                h = full.skips[i](skips[i], h)
+        torch.testing.assert_close(four(x), full.decoder.blocks[-1](h))
+        assert not torch.equal(four(x), full(x))
+    with pytest.raises(ValueError):
+        UNet(1, width=4, latent=8, skips=6)
+
+
 def test_generator_weights_load_into_unet_decoder():
     torch.manual_seed(1)
     g = Generator(latent=16, width=4)

@@ -203,12 +203,14 @@ def _defaultBundleOrEmpty() -> Path:
 
 
 def sampleDataFolders() -> list[Path]:
-    """Sample patient folders shipped in ``Resources/SampleData`` (``<id>/<id>_<channel>.nii.gz``)."""
+    """Sample patient folders shipped in ``Resources/SampleData`` (``<id>/<id>_<channel>.nii.gz``), real
+    patients first (the synthetic ``PHANTOM_*`` sample is for the phantom stand-in bundle)."""
     try:
         root = resourcesRoot() / "SampleData"
     except SegmentationError:
         return []
-    return sorted(p for p in root.glob("*/") if p.is_dir() and any(p.glob(f"{p.name}_*.nii*")))
+    folders = [p for p in root.glob("*/") if p.is_dir() and any(p.glob(f"{p.name}_*.nii*"))]
+    return sorted(folders, key=lambda p: (p.name.startswith("PHANTOM_"), p.name))
 
 
 def pythonExecutable() -> str:

@@ -55,8 +55,8 @@ METHOD_DECISIONS = {
     "rise_estimator": "rise.centered: sum_i (p_i - mean p) M_i / (N p1) (same expected map as RISE after "
                       "min-max, less noise); false gives RISE's sum_i p_i M_i / (N p1)",
     "seed_flair_gates": "rise.positive_flair_quantile: S+ and S+,r also need FLAIR above that quantile of the "
-                        "image's non-zero FLAIR; rise.negative_flair_quantile: tissue at or below it joins S- "
-                        "(not in 000; null = the paper's seeds)",
+                        "image's non-zero FLAIR; rise.negative_flair_quantile: tissue at or below it joins the "
+                        "segmenters' S- (the converter keeps RISE's S-) (not in 000; null = the paper's seeds)",
     "classifier_augmentation": "classifier.augment: 'flip' mirrors each training image left-right with "
                                "probability 0.5 (not in 000; 'none' = the paper)",
     "converter_negative_seed_rule": "train U on X_C images whose negative seeds cover < 50% (direction configurable)",

@@ -182,7 +182,8 @@ def extend_negative_seeds(neg: torch.Tensor, flair: torch.Tensor, quantile: floa
 
     Not in 000; the counterpart of :func:`gate_positive_seeds`: tissue darker than most of the
     slice is not FLAIR abnormality. RISE leaves a wide undecided ring (0.2 <= e <= 0.8) around
-    its blob that no seed constrains, and the segmenters fill it.
+    its blob that no seed constrains, and the segmenters fill it. Training applies it to the
+    segmenters' S- only (the converter's L_recon stays on RISE's S-).
     """
     if quantile is None:
         return neg

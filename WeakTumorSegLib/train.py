@@ -402,9 +402,7 @@ class TrainingRun:
                 self.progress(label, start, len(tumour))
                 maps = classifier_rise(classifier, self.x[idx].to(self.device), rise)
                 sp, sn = seeds_from_maps(maps, rise.positive, rise.negative)
-                flair = self.x[idx, self.flair].to(sp.device)
-                sp = gate_positive_seeds(sp, flair, rise.positive_flair_quantile)
-                sn = extend_negative_seeds(sn, flair, rise.negative_flair_quantile)
+                sp = gate_positive_seeds(sp, self.x[idx, self.flair].to(sp.device), rise.positive_flair_quantile)
                 pos[idx], neg[idx] = sp.cpu().to(torch.uint8), sn.cpu().to(torch.uint8)
                 save_checkpoint(ckpt, {}, state={"done": start + len(idx)}, tensors={"pos": pos, "neg": neg})
                 self.progress(label, start + len(idx), len(tumour))
@@ -455,10 +453,18 @@ class TrainingRun:
         return gen.eval()
 
     # -- stage 4: converter U ------------------------------------------------------------------------------
-    def _unet(self, section: str, in_channels: int) -> nn.Module:
+    def _unet_kwargs(self, section: str, in_channels: int) -> dict:
+        """U-Net kwargs: widths from ``section`` (``gan`` for the converter, which starts as G);
+        the converter's ``skips`` from ``converter.skips`` (absent or null = all)."""
         c = self.config[section]
-        return build("unet", {"in_channels": in_channels, "out_channels": 1, "width": c["width"],
-                              "latent": c["latent"]}).to(self.device)
+        kwargs = {"in_channels": in_channels, "out_channels": 1, "width": c["width"], "latent": c["latent"]}
+        skips = self.config["converter"].get("skips") if section == "gan" else None
+        if skips is not None:
+            kwargs["skips"] = int(skips)
+        return kwargs
+
+    def _unet(self, section: str, in_channels: int) -> nn.Module:
+        return build("unet", self._unet_kwargs(section, in_channels)).to(self.device)
 
     def stage_converter(self, gen: Generator, seeds: Mapping[str, torch.Tensor]) -> nn.Module:
         self._seed("converter")
@@ -540,6 +546,24 @@ class TrainingRun:
         return x_hat
 
     # -- stages 5, 7, 8: segmenters ------------------------------------------------------------------------
+    def segmenter_negative_seeds(self, neg: torch.Tensor) -> torch.Tensor:
+        """S- of the segmenters: RISE's S- plus, with ``rise.negative_flair_quantile``, the dark
+        tissue of every slice (:func:`~.seeds.extend_negative_seeds`). The converter keeps RISE's
+        S- alone: its L_recon and its 50 % rule are defined on them, and the dark tissue would
+        push nearly every image over the 50 % line."""
+        q = self.config["rise"].get("negative_flair_quantile")
+        if q is None:
+            return neg
+        out = extend_negative_seeds(neg.bool(), self.x[:, self.flair], q).to(torch.uint8)
+        if self.train.mask is not None:
+            xc = self.y > 0
+            if xc.any():
+                truth = self.train.mask[xc.numpy()].astype(bool)
+                off_tumour = float((out[xc].numpy().astype(bool) & ~truth).sum() / max(out[xc].sum().item(), 1))
+                self.log(f"segmenters: S- with the dark tissue (FLAIR <= quantile {q}): negative overlap metric on "
+                         f"tumour slices {off_tumour:.3f}")
+        return out
+
     def train_segmenter(self, stage: str, subset: np.ndarray, pos: torch.Tensor, neg: torch.Tensor,
                         x_hat: torch.Tensor, classifier: nn.Module, seed_only: bool = False) -> nn.Module:
         """Train a segmenter on ``subset`` with Eqs. 12-16; ``seed_only`` drops L_var and L_size
@@ -642,8 +666,7 @@ class TrainingRun:
         c = cfg["classifier"]
         archs = inference_architectures(len(self.channels), (c["architecture"], c["kwargs"]),
                                         unet_width=cfg["segmenter"]["width"], latent=cfg["segmenter"]["latent"])
-        archs["converter"] = ("unet", {"in_channels": 1, "out_channels": 1, "width": cfg["gan"]["width"],
-                                       "latent": cfg["gan"]["latent"]})
+        archs["converter"] = ("unet", self._unet_kwargs("gan", 1))
         for extra in ("segmenter0", "baseline_seed_only"):  # for evaluation (Tables 4 and 5), not inference
             archs[extra] = archs["segmenter_us"]
         metrics = self.validation_metrics(models)
@@ -726,19 +749,19 @@ class TrainingRun:
         gen = self.stage_gan()
         converter = self.stage_converter(gen, seeds)
         x_hat = self.healthy_variants(converter)
-        s0 = self.train_segmenter("segmenter0", np.ones(len(self.x), bool), seeds["pos"], seeds["neg"], x_hat,
-                                  classifier)
+        neg = self.segmenter_negative_seeds(seeds["neg"])
+        s0 = self.train_segmenter("segmenter0", np.ones(len(self.x), bool), seeds["pos"], neg, x_hat, classifier)
         refined = self.stage_refine(classifier, s0, seeds)
         xcr = refined["x_c_r"].bool().numpy()
         tumour_free = (self.y == 0).numpy()
-        s_us = self.train_segmenter("segmenter_us", xcr | tumour_free, refined["pos_r"], seeds["neg"], x_hat,
+        s_us = self.train_segmenter("segmenter_us", xcr | tumour_free, refined["pos_r"], neg, x_hat,
                                     classifier)
-        s_os = self.train_segmenter("segmenter_os", xcr, refined["pos_r"], seeds["neg"], x_hat, classifier)
+        s_os = self.train_segmenter("segmenter_os", xcr, refined["pos_r"], neg, x_hat, classifier)
         models = {"classifier": classifier, "converter": converter, "segmenter_us": s_us, "segmenter_os": s_os,
                   "segmenter0": s0}
         if self.config.get("baselines", {}).get("seed_only", False):
             models["baseline_seed_only"] = self.train_segmenter(
-                "segmenter_seed_only", np.ones(len(self.x), bool), seeds["pos"], seeds["neg"], x_hat, classifier,
+                "segmenter_seed_only", np.ones(len(self.x), bool), seeds["pos"], neg, x_hat, classifier,
                 seed_only=True)
         path = self.stage_bundle(models)
         self.log("stage times: " + ", ".join(f"{s} {self.timings[s]:.0f} s" for s in STAGES if s in self.timings))

@@ -28,6 +28,13 @@ BRATS_CHANNELS = {"t2f": "flair", "t1n": "t1", "t1c": "t1ce", "t2w": "t2"}
 IMAGE_SUFFIX = ".nii.gz"
 
 
+def patient_samples() -> list[Path]:
+    """The shipped real-patient sample folders, ``Resources/SampleData/*/`` without the synthetic
+    ``PHANTOM_*`` one (which only the phantom stand-in bundle is meant for)."""
+    root = REPO_ROOT / "Resources" / "SampleData"
+    return sorted(d for d in root.glob("*/") if d.is_dir() and not d.name.startswith("PHANTOM_"))
+
+
 def set_threads(threads: int) -> None:
     """Limit this process (and children started afterwards) to ``threads`` CPU threads.
 

@@ -19,7 +19,7 @@ Every run of an implementation is a subprocess of its own (so its peak resident 
 ``ru_maxrss``, is its own) with a fixed number of CPU threads; the implementations take turns,
 one round per ``--repeats``, so that a change of machine load affects all of them; times are
 medians over the rounds. The images are
-the ``--images`` patches of the sample patient (``Resources/SampleData/*/``) the default bundle's
+the ``--images`` patches of the sample patient (``Resources/SampleData/``) the default bundle's
 classifier scores highest (the gated patches ``segment --seeds`` explains). Exits with status 1
 when the maps differ by more than ``--tol``.
 
@@ -29,7 +29,6 @@ Run from the repository root: ``python benchmarks/bench_rise.py --json out.json`
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import resource
 import subprocess
@@ -38,8 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import (REPO_ROOT, busy_note, channel_files, load_average, machine_info, set_threads, summary, table,
-                     thread_env, write_json)
+from _common import (REPO_ROOT, busy_note, channel_files, load_average, machine_info, patient_samples, set_threads,
+                     summary, table, thread_env, write_json)
 
 IMPLEMENTATIONS = ("ours", "naive", "forward")
 
@@ -48,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + " See benchmarks/README.md.")
     p.add_argument("--bundle", type=Path, default=None, help="model bundle (default: the shipped default bundle)")
     p.add_argument("--sample", type=Path, default=None,
-                   help="case folder the patches come from (default: the first Resources/SampleData/*/)")
+                   help="case folder the patches come from (default: the shipped real-patient sample)")
     p.add_argument("--masks", type=int, default=1000, help="number of RISE masks N (default 1000)")
     p.add_argument("--images", type=int, default=8, help="number of patches explained together (default 8)")
     p.add_argument("--batch", type=int, default=None, help="masks per forward batch (default: the bundle's rise.batch)")
@@ -242,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     bundle_dir = args.bundle or default_bundle_dir()
     bundle = Bundle.load(bundle_dir)
-    folder = args.sample or next(iter(Path(d) for d in sorted(glob.glob(str(REPO_ROOT / "Resources" / "SampleData" / "*/")))), None)
+    folder = args.sample or next(iter(patient_samples()), None)
     if folder is None:
         raise SystemExit("no sample folder under Resources/SampleData/; pass --sample DIR")
     patches, probs = sample_patches(bundle, Path(folder), args.images)

@@ -1,6 +1,6 @@
 """Benchmark (a): wall time and throughput of ``weaktumorseg segment``.
 
-For each case (the shipped sample patient ``Resources/SampleData/*/`` and the BraTS case(s) in
+For each case (the shipped sample patient in ``Resources/SampleData/`` and the BraTS case(s) in
 ``/work/shared/data/brats_samples``) it measures, with a fixed number of CPU threads:
 
 * **CLI**: the whole ``python -m WeakTumorSegLib segment ...`` process, end to end (interpreter
@@ -21,7 +21,6 @@ Run from the repository root: ``python benchmarks/bench_segment.py --json out.js
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import statistics
 import subprocess
@@ -31,7 +30,7 @@ import time
 from pathlib import Path
 
 from _common import (BRATS_CHANNELS, REPO_ROOT, busy_note, channel_files, load_average, machine_info, matmul_peak,
-                     set_threads, summary, table, thread_env, timed, write_json)
+                     patient_samples, set_threads, summary, table, thread_env, timed, write_json)
 
 DEFAULT_BRATS = Path("/work/shared/data/brats_samples")
 STAGES = ("preprocess", "classify", "segment", "convert", "seeds", "postprocess")
@@ -43,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="model bundle folder (default: the shipped default bundle, default_bundle_dir())")
     p.add_argument("--sample", type=Path, action="append", default=None,
                    help="sample case folder(s) with <id>_<channel>.nii.gz files "
-                        "(default: every folder matching Resources/SampleData/*/)")
+                        "(default: the real-patient folders of Resources/SampleData/, not PHANTOM_*)")
     p.add_argument("--brats", type=Path, default=DEFAULT_BRATS,
                    help=f"folder of BraTS case folders (*-t2f/-t1n/-t1c/-t2w.nii.gz; default {DEFAULT_BRATS}); "
                         "skipped with a message when absent")
@@ -64,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def find_cases(args: argparse.Namespace) -> tuple[list[tuple[str, str, dict[str, Path]]], list[str]]:
     """``(kind, case id, {channel: path})`` for every case to run, and messages about skipped ones."""
     cases, notes = [], []
-    samples = args.sample or [Path(d) for d in sorted(glob.glob(str(REPO_ROOT / "Resources" / "SampleData" / "*/")))]
+    samples = args.sample or patient_samples()
     if not samples:
         notes.append("no sample folder found under Resources/SampleData/")
     for folder in samples:
