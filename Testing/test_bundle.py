@@ -20,7 +20,7 @@ from safetensors import safe_open
 from conftest import build_tiny_models, channel_args, files_in, run_cli, save_tiny_bundle, stderr_lines
 from WeakTumorSegLib.bundle import BUNDLE_FILE, INFERENCE_MODELS, Bundle
 from WeakTumorSegLib.errors import BundleError
-from WeakTumorSegLib.inference import segment_arrays
+from WeakTumorSegLib.inference import EXTRA_HEALTHY, segment_arrays
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,3 +285,25 @@ def test_pack_keeps_only_the_requested_optional_models(tiny_bundle, tmp_path):
     path.write_bytes(bytes(data))
     proc = run_cli("pack", "--bundle", src, "--out", tmp_path / "other")
     assert proc.returncode != 0 and str(path) in proc.stderr and not (tmp_path / "other").exists()
+
+
+def test_seed_flair_gates_of_a_bundle_apply_to_segment_seeds(tmp_path, phantom):
+    """A bundle trained with the FLAIR seed gates gives ``segment --seeds`` the same gates: no
+    positive seed on dark tissue, all dark tissue negative (also with the healthy variants that
+    ``evaluate`` asks for)."""
+    from WeakTumorSegLib.seeds import RiseConfig
+
+    rise = {**RiseConfig(n_masks=16, batch=8).to_dict()}
+    plain = save_tiny_bundle(tmp_path / "plain", inference={"gate_threshold": 0.0}, rise=rise)
+    gated = save_tiny_bundle(tmp_path / "gated", inference={"gate_threshold": 0.0},
+                             rise={**rise, "positive_flair_quantile": 0.5, "negative_flair_quantile": 0.5})
+    a = segment_arrays(Bundle.load(plain), phantom.channels, "cpu", seeds=True)
+    b = segment_arrays(Bundle.load(gated), phantom.channels, "cpu", seeds=True, extra=[EXTRA_HEALTHY])
+    assert b.positive_seeds.sum() < a.positive_seeds.sum()
+    assert not (b.positive_seeds.astype(bool) & ~a.positive_seeds.astype(bool)).any()  # a subset of RISE's S+
+    assert b.negative_seeds.sum() > a.negative_seeds.sum()
+    assert not (a.negative_seeds.astype(bool) & ~b.negative_seeds.astype(bool)).any()  # RISE's S- kept
+    flair = phantom.channels["flair"]
+    pos = b.positive_seeds.astype(bool)
+    assert pos.any() and np.median(flair[pos]) > np.median(flair[flair > 0])  # bright tissue only
+    np.testing.assert_array_equal(a.mask, b.mask)  # the gates change the seeds, never the segmentation

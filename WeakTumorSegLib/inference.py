@@ -256,8 +256,8 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
                     continue
                 part = np.zeros_like(emaps)
                 if len(gated):
-                    bright, tissue = flair_above_quantile(torch.from_numpy(flair_patches[gated, 0]), quantile)
-                    part[gated] = (tissue & ~bright if dark else bright).numpy()
+                    bright, lit = flair_above_quantile(torch.from_numpy(flair_patches[gated, 0]), quantile)
+                    part[gated] = (lit & ~bright if dark else bright).numpy()
                 part_in = to_input(tiling.stitch(part, weights=gate_w), crop, (ny, nx)) > 0.5
                 if dark:
                     neg_seeds |= covered & part_in
