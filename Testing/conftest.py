@@ -33,6 +33,9 @@ import pytest
 
 #: Root of the source checkout (the folder holding ``WeakTumorSegLib`` and ``Testing``).
 REPO_ROOT = Path(__file__).resolve().parent.parent
+#: The shipped phantom-trained stand-in bundle: tests on synthetic phantoms that need a non-empty
+#: mask use it (the default bundle is trained on real MR).
+STANDIN_BUNDLE = REPO_ROOT / "Resources" / "Models" / "phantom-standin"
 if str(REPO_ROOT) not in sys.path:  # make ``import WeakTumorSegLib`` work without installing
     sys.path.insert(0, str(REPO_ROOT))
 

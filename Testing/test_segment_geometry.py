@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from WeakTumorSegLib.io import read_segmentation
 from WeakTumorSegLib.phantoms import make_phantom, write_case
 
-from conftest import REPO_ROOT, channel_args, run_cli
+from conftest import REPO_ROOT, STANDIN_BUNDLE, channel_args, run_cli
 
 
 def _oblique_direction() -> tuple[float, ...]:
@@ -29,8 +29,8 @@ def oblique_run(tmp_path_factory):
     paths = write_case(ph, root / "case", "OBL", spacing=(0.9, 0.9, 3.0), direction=_oblique_direction(),
                        origin=(-91.5, 120.25, -33.0))
     out = root / "out"
-    # the shipped (phantom-trained) default bundle, so that the mask is not trivially empty
-    proc = run_cli("segment", "--out", str(out), "--device", "cpu", "--progress", "none", "--seeds",
+    # the shipped phantom-trained stand-in, so that the mask is not trivially empty
+    proc = run_cli("segment", "--bundle", STANDIN_BUNDLE, "--out", str(out), "--device", "cpu", "--progress", "none", "--seeds",
                    "--seed-masks", "40", *channel_args(paths))
     return paths, out, proc
 

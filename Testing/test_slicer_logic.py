@@ -1,7 +1,7 @@
 """Tier B: the Slicer module's Logic against real MRML from the ``slicer-core`` wheel (no Qt).
 
 Volume nodes are built from arrays (oblique, anisotropic), segmented in a background process with the
-tiny test bundle (or the shipped default bundle where a non-empty mask matters), and the resulting
+tiny test bundle (or the shipped phantom stand-in where a non-empty mask matters), and the resulting
 segmentation node, slice table, subject hierarchy, re-runs, cancel, errors and export are checked.
 Skipped where the wheel is not installed (it is pinned in the ``test`` extra for Python 3.11 on Linux).
 """
@@ -27,7 +27,7 @@ if not hasattr(slicer, "vtkMRMLScene"):
 
 import vtk  # noqa: E402  (installed with slicer-core)
 
-from conftest import REPO_ROOT, channel_args, run_cli  # noqa: E402
+from conftest import REPO_ROOT, STANDIN_BUNDLE, channel_args, run_cli  # noqa: E402
 
 sys.path.insert(0, str(REPO_ROOT / "WeakTumorSeg"))
 import WeakTumorSeg as W  # noqa: E402
@@ -160,6 +160,16 @@ def test_module_imports_without_qt_and_logic_uses_no_gui():
                 W.deviceChoices, W.pythonExecutable, W.coreRoot, W.defaultBundlePath):
         source = inspect.getsource(obj)
         assert not gui_use.search(source), f"{obj.__name__} uses the GUI: {gui_use.search(source).group(0)}"
+
+
+def test_shipped_bundle_and_real_sample_come_first():
+    """What the self-test and the GUI pick: the real-MR default bundle, and the real patient before the
+    synthetic phantom sample."""
+    folders = W.sampleDataFolders()
+    assert [f.name for f in folders][:2] == ["TCGA_DU_7018_19911220", "PHANTOM_0001"]
+    info = W.readBundleInfo(W.defaultBundlePath())
+    assert tuple(info.channels) == ("flair", "t1", "t1ce")
+    assert all((folders[0] / f"{folders[0].name}_{c}.nii.gz").is_file() for c in info.channels)
 
 
 def test_write_volume_keeps_oblique_anisotropic_geometry(tmp_path, small_phantom):
@@ -517,12 +527,12 @@ def _tumor_voxels(seg_node) -> int:
 
 
 def test_core_seg_nrrd_loads_with_nifti_voxel_count_oblique(tmp_path):
-    """The shipped default bundle on an oblique, anisotropic phantom: Tumor voxels equal the NIfTI's."""
+    """The shipped stand-in bundle on an oblique, anisotropic phantom: Tumor voxels equal the NIfTI's."""
     phantom = make_phantom(shape=(8, 96, 96), seed=5, tumor_slice_fraction=0.6)
     paths = write_case(phantom, tmp_path / "case", "OBL", spacing=SPACING, direction=DIRECTION, origin=ORIGIN)
     out = tmp_path / "out"
-    proc = run_cli("segment", "--out", out, "--device", "cpu", "--progress", "none", "--threads", "1",
-                   "--seeds", "--seed-masks", "16", *channel_args(paths))
+    proc = run_cli("segment", "--bundle", STANDIN_BUNDLE, "--out", out, "--device", "cpu", "--progress", "none",
+                   "--threads", "1", "--seeds", "--seed-masks", "16", *channel_args(paths))
     assert proc.returncode == 0, proc.stderr
     nifti = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "OBL_flair_mask.nii.gz")))
     assert nifti.sum() > 100
