@@ -48,7 +48,8 @@ class RiseConfig:
     #: if set, S+ also needs FLAIR above this quantile of the image's non-zero FLAIR pixels
     #: (:func:`gate_positive_seeds`; not in 000, ``None`` = the paper's seeds)
     positive_flair_quantile: float | None = None
-    #: if set, tissue at or below this FLAIR quantile joins S- (:func:`extend_negative_seeds`; not in 000)
+    #: if set, tissue at or below this FLAIR quantile joins the segmenters' S- (:func:`extend_negative_seeds`;
+    #: not in 000)
     negative_flair_quantile: float | None = None
 
     def to_dict(self) -> dict:

@@ -40,8 +40,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .bundle import inference_architectures, save_bundle
-from .classifier import augment_batch
 from .checkpoint import checkpoint_exists, load_checkpoint, remove_checkpoint, save_checkpoint, unwrap
+from .classifier import augment_batch
 from .dataset import discover, load_slices, split_patients, validate_cohort
 from .errors import InputError
 from .fusion import fuse
@@ -645,7 +645,7 @@ class TrainingRun:
             pos_r[idx] = gated.to(torch.uint8)
             xcr[idx] = torch.from_numpy(result.accepted) & gated.flatten(1).any(1)
             info.update({"components": int(result.n_components.sum()), "accepted": int(result.n_accepted.sum()),
-                         "x_c_r": int(result.accepted.sum())})
+                         "x_c_r": int(xcr.sum())})
             if not result.accepted.any():
                 self.log("refine: no component was accepted; falling back to S0's masks on X_C as refined seeds")
                 pos_r[idx] = torch.from_numpy((masks > 0.5).astype(np.uint8))
