@@ -267,14 +267,14 @@ def pack_bundle(src: str | Path, dst: str | Path, models: Sequence[str] | None =
     metrics and training summary are kept, with ``packed_from`` recording the source's name
     and the models left out."""
     root = Path(src)
-    config = Bundle.load(root).config  # verifies the inference models and the JSON
-    specs = config["models"]
+    bundle = Bundle.load(root)  # checks the JSON, loads and verifies the inference models
+    config, specs = bundle.config, bundle.config["models"]
     keep = list(specs) if models is None else list(dict.fromkeys([*INFERENCE_MODELS, *models]))
     unknown = [m for m in keep if m not in specs]
     if unknown:
         raise BundleError(f"models not in the bundle: {', '.join(unknown)} (it has {', '.join(specs)})",
                           root / BUNDLE_FILE)
-    loaded = {name: load_model(root, name, specs[name]) for name in keep}
+    loaded = {name: bundle.models.get(name) or load_model(root, name, specs[name]) for name in keep}
     archs = {name: (specs[name]["architecture"], specs[name].get("kwargs", {})) for name in keep}
     cfg = {k: v for k, v in config.items() if k != "models"}
     cfg["packed_from"] = {"name": str(config.get("name", root.name)),

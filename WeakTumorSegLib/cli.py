@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .bundle import BUNDLE_FILE, Bundle, default_bundle_dir
+from .bundle import BUNDLE_FILE, WEIGHT_DTYPES, Bundle, default_bundle_dir
 from .errors import InputError, WeakTumorSegError
 from .inference import SLICE_COLUMNS, resolve_device, segment_arrays
 from .io import (NEGATIVE_SEED_COLOR, POSITIVE_SEED_COLOR, SEED_TERMINOLOGY, TUMOR_COLOR, TUMOR_TERMINOLOGY,
@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(e.g. segmenter0 for evaluate's Table 4). Weights are verified before they are copied.")
     pk.add_argument("--bundle", "-b", type=Path, required=True, help="bundle folder to copy")
     pk.add_argument("--out", "-o", type=Path, required=True, help="new bundle folder")
-    pk.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16",
+    pk.add_argument("--dtype", choices=tuple(WEIGHT_DTYPES), default="float16",
                     help="storage type of the weights (default float16)")
     pk.add_argument("--models", default=None,
                     help="comma-separated optional models to keep besides the inference models (classifier, "

@@ -39,7 +39,7 @@ from .errors import BundleError
 from .filtering import flag_slices, mean_in_mask
 from .fusion import fuse
 from .preprocess import brain_bbox, normalize_channels, plan_crop, to_input, to_working
-from .seeds import RiseConfig, classifier_rise, flair_above_quantile, normalize_maps
+from .seeds import RiseConfig, classifier_rise, extend_negative_seeds, gate_positive_seeds, normalize_maps
 from .tiling import Tiling
 
 #: ``progress(stage, done, total)``
@@ -250,19 +250,19 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
             e_in = to_input(tiling.stitch(emaps, weights=gate_w), crop, (ny, nx))
             covered = to_input(tiling.stitch(np.ones_like(emaps), weights=gate_w), crop, (ny, nx)) > 0.5
             pos_seeds, neg_seeds = covered & (e_in > rise.positive), covered & (e_in < rise.negative)
-            # the FLAIR gates of training (seeds.gate_positive_seeds / extend_negative_seeds), per patch
-            for quantile, dark in ((rise.positive_flair_quantile, False), (rise.negative_flair_quantile, True)):
-                if quantile is None:
-                    continue
-                part = np.zeros_like(emaps)
-                if len(gated):
-                    bright, lit = flair_above_quantile(torch.from_numpy(flair_patches[gated, 0]), quantile)
-                    part[gated] = (lit & ~bright if dark else bright).numpy()
-                part_in = to_input(tiling.stitch(part, weights=gate_w), crop, (ny, nx)) > 0.5
-                if dark:
-                    neg_seeds |= covered & part_in
-                else:
-                    pos_seeds &= part_in
+            if len(gated):  # the FLAIR gates the bundle was trained with, per patch as in training
+                def on_input(per_patch: torch.Tensor) -> np.ndarray:
+                    part = np.zeros_like(emaps)
+                    part[gated] = per_patch.numpy()
+                    return to_input(tiling.stitch(part, weights=gate_w), crop, (ny, nx)) > 0.5
+
+                flair_g = torch.from_numpy(flair_patches[gated, 0])
+                nothing = torch.zeros(flair_g.shape, dtype=torch.bool)
+                if rise.positive_flair_quantile is not None:
+                    pos_seeds &= on_input(gate_positive_seeds(~nothing, flair_g, rise.positive_flair_quantile))
+                if rise.negative_flair_quantile is not None:
+                    neg_seeds |= covered & on_input(extend_negative_seeds(nothing, flair_g,
+                                                                          rise.negative_flair_quantile))
             pos_seeds, neg_seeds = pos_seeds.astype(np.uint8), neg_seeds.astype(np.uint8)
             say("seeds", n_batches, n_batches)
             timings["seeds"] = time.perf_counter() - t

@@ -32,7 +32,7 @@ _PAPER = {
     # centered: the mean-score control variate (seeds.rise_maps), same expected map, far less noise
     "rise": {"n_masks": 4000, "cells": 7, "p1": 0.5, "batch": 100, "seed": 0, "positive": 0.8, "negative": 0.2,
              "centered": True, "chunk": 64,
-             # S+ only where FLAIR is above this quantile of the image's tissue (not in 000; None = off)
+             # FLAIR seed gates (seeds.gate_positive_seeds / extend_negative_seeds; not in 000; None = off)
              "positive_flair_quantile": None, "negative_flair_quantile": None},
     "gan": {"width": 64, "latent": 100, "epochs": 100, "batch": 32, "lr": 2e-4, "halve_every": 50,
             "betas": [0.5, 0.999], "real_label": 0.9, "fake_label": 0.1},
