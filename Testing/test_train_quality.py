@@ -63,7 +63,7 @@ def test_seeds_land_on_and_off_the_tumour(trained):
 
 def test_fused_mask_covers_unseen_tumours(trained):
     fused = trained["eval"]["segmentation"]["fused"]
-    # measured on 8 unseen phantoms: 0.79 per tumour slice, 0.81 per volume; the margin absorbs the
+    # measured on 8 unseen phantoms: 0.76 per tumour slice, 0.79 per volume; the margin absorbs the
     # numerical differences of other CPUs, while a collapsed segmenter (0.04 once) still fails
     assert fused["per_slice_tumour"] >= 0.65, fused
     assert fused["per_volume_3d"] >= 0.65, fused
@@ -71,8 +71,9 @@ def test_fused_mask_covers_unseen_tumours(trained):
 
 def test_converter_changes_the_tumour_more_than_the_rest(trained):
     """U turns tumour slices into healthy-looking ones: mean |x - U(x)| inside the tumour against
-    outside it, on the validation phantoms of the split. Measured 2.83 (the issue's target is 3;
-    not reached); a converter that copies its input, or rewrites everything, scores near 1."""
+    outside it, on the validation phantoms of the split. Measured 2.77 on this cohort (2.59 with
+    alpha 10) and 3.19 on another twelve phantoms; the issue's target of 3 is not reached on every
+    cohort. A converter that copies its input, or rewrites everything, scores near 1."""
     conv = trained["bundle"]["training"]["stages"]["converter"]["last"]
     assert conv["val_change_ratio"] >= 2.5, conv
     assert trained["bundle"]["models"]["converter"]["kwargs"]["skips"] == 4
