@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import inspect
+import json
 import os
 import re
 import subprocess
@@ -172,6 +173,30 @@ def test_shipped_bundle_and_real_sample_come_first():
     assert all((folders[0] / f"{folders[0].name}_{c}.nii.gz").is_file() for c in info.channels)
 
 
+def test_bundle_info_reads_the_scalp_margin(tmp_path):
+    """``inference.scalp_margin_mm`` of the bundle: 12 mm for the shipped real-MR bundles, 0 (off) where the
+    bundle has none; a value the core would refuse makes the folder unusable with a readable message."""
+    assert W.readBundleInfo(W.defaultBundlePath()).scalpMargin == 12.0
+    assert W.readBundleInfo(REPO_ROOT / "Resources" / "Models" / "tcga-lgg-flair").scalpMargin == 12.0
+    assert "scalp_margin_mm" not in json.loads((STANDIN_BUNDLE / "bundle.json").read_text())["inference"]
+    assert W.readBundleInfo(STANDIN_BUNDLE).scalpMargin == 0.0
+    assert W._defaultBundleScalpMargin() == 12.0  # the GUI's initial value is the default bundle's
+
+    def bundle_with(value):
+        folder = tmp_path / f"bundle-{value}"
+        folder.mkdir()
+        inference = {"filter_threshold": 0.3} if value == "absent" else {"scalp_margin_mm": value}
+        (folder / "bundle.json").write_text(json.dumps({"channels": ["flair"], "inference": inference}))
+        return folder
+
+    assert W.readBundleInfo(bundle_with(None)).scalpMargin == 0.0
+    assert W.readBundleInfo(bundle_with("absent")).scalpMargin == 0.0
+    assert W.readBundleInfo(bundle_with(7.5)).scalpMargin == 7.5
+    for bad in (-1.0, 1000.0, "wide"):
+        with pytest.raises(W.SegmentationError, match=r"inference\.scalp_margin_mm .*\[0, 1000\)"):
+            W.readBundleInfo(bundle_with(bad))
+
+
 def test_write_volume_keeps_oblique_anisotropic_geometry(tmp_path, small_phantom):
     scene = new_scene()
     volume = add_volume(scene, "flair", small_phantom.channels["flair"])
@@ -200,6 +225,9 @@ def test_blocking_segment_makes_named_segmentation_with_segments(segmented):
     assert "Neoplasm" in tumor.GetTerminology()
     assert result.report["bundle"]["name"] == "tiny-test" and result.report["device"] == "cpu"
     assert seg.GetAttribute("WeakTumorSeg.Device") == "cpu"
+    # no scalp margin given: the tiny bundle's (none, so off) applies
+    assert result.report["scalp_margin_source"] == "bundle" and result.report["scalp_margin_mm"] == 0.0
+    assert seg.GetAttribute("WeakTumorSeg.ScalpMargin") == "0.0"
     scene = segmented["scene"]  # no temporary node (or its display / storage node) is left behind
     assert nodes_of(scene, "vtkMRMLSegmentationNode") == [seg]
     assert len(nodes_of(scene, "vtkMRMLSegmentationDisplayNode")) == 1
@@ -335,8 +363,11 @@ def test_rerun_replaces_only_our_nodes(tiny_bundle, small_phantom):
     user_seg.GetSegmentation().AddEmptySegment("Tumor", "Tumor")
     user_table = scene.AddNewNodeByClass("vtkMRMLTableNode", "user table")
 
-    second = logic.process(volumes, bundlePath=tiny_bundle, device="cpu", seeds=False, threads=1)
+    assert ours.GetAttribute("WeakTumorSeg.ScalpMargin") == "0.0"
+    second = logic.process(volumes, bundlePath=tiny_bundle, device="cpu", seeds=False, threads=1, scalpMargin=4)
     assert second.segmentationNode.GetID() == ours.GetID() and second.tableNode.GetID() == first.tableNode.GetID()
+    assert second.report["scalp_margin_source"] == "--scalp-margin" and second.report["scalp_margin_mm"] == 4.0
+    assert ours.GetAttribute("WeakTumorSeg.ScalpMargin") == "4.0"  # the re-run's setting, not the first one's
     assert sorted(segment_names(ours)) == ["Edema", "Tumor"]  # seeds gone, the user's segment kept
     assert ours.GetSegmentation().GetSegment(user_segment_id) is not None
     assert nodes_of(scene, "vtkMRMLSegmentationNode") == [ours, user_seg]
@@ -373,6 +404,30 @@ def test_missing_channel_is_refused_before_running(tiny_bundle, small_phantom):
         logic.process({"flair": volumes["flair"], "t1": volumes["t1"]}, bundlePath=tiny_bundle)
     with pytest.raises(W.SegmentationError, match="not a model bundle"):
         logic.process(volumes, bundlePath=REPO_ROOT / "Testing")
+
+
+def test_scalp_margin_is_passed_only_when_given(tiny_bundle, small_phantom):
+    scene = new_scene()
+    volumes = add_phantom_volumes(scene, small_phantom)
+    logic = W.WeakTumorSegLogic(scene)
+    before = scene.GetNumberOfNodes()
+    for bad in (-2.0, 1000.0, float("nan")):
+        with pytest.raises(W.SegmentationError) as info:
+            logic.process(volumes, bundlePath=tiny_bundle, device="cpu", scalpMargin=bad)
+        assert "\n" not in str(info.value) and re.search(r"scalp margin .* is not in \[0, 1000\)", str(info.value))
+    assert scene.GetNumberOfNodes() == before
+
+    def command_for(**kwargs) -> list[str]:
+        job = logic.process(volumes, bundlePath=tiny_bundle, device="cpu", threads=1, wait=False, **kwargs)
+        job.cancel()
+        return job.command
+
+    assert not any(arg.startswith("--scalp-margin") for arg in command_for())  # the bundle's applies
+    for value, text in ((7.5, "7.5"), (0, "0"), (12.0, "12")):
+        command = command_for(scalpMargin=value)
+        assert command.count("--scalp-margin") == 1
+        assert command[command.index("--scalp-margin") + 1] == text
+    assert scene.GetNumberOfNodes() == before
 
 
 def test_core_error_is_one_readable_line_and_adds_nothing(tiny_bundle, small_phantom):

@@ -114,7 +114,7 @@ def test_parameter_node_bindings_match_fields_and_widget_types(ui_widgets, modul
     fields = _parameter_fields(module_tree)
     max_channels = _constant(module_tree, "MAX_CHANNELS")
     assert {f"inputVolume{i}" for i in range(max_channels)} <= set(fields)
-    for name in ("bundlePath", "device", "threshold", "showSeeds", "outputSegmentation"):
+    for name in ("bundlePath", "device", "threshold", "scalpMargin", "showSeeds", "outputSegmentation"):
         assert name in fields, name
     bound = {}
     for widget_name, widget in ui_widgets.items():
@@ -126,6 +126,72 @@ def test_parameter_node_bindings_match_fields_and_widget_types(ui_widgets, modul
         assert widget_class in CONNECTABLE[fields[parameter]], (
             f"{widget_name} ({widget_class}) cannot show a {fields[parameter]} parameter")
     assert set(fields) - set(bound) == {"device"}  # the device menu is filled by the Widget itself
+
+
+def _form_rows(layout_name: str) -> dict[int, dict[int, ET.Element]]:
+    """``{row: {column: widget}}`` of a form layout in the ``.ui`` file."""
+    root = ET.parse(UI_FILE).getroot()
+    layout = next(lay for lay in root.iter("layout") if lay.get("name") == layout_name)
+    rows: dict[int, dict[int, ET.Element]] = {}
+    for item in layout.findall("item"):
+        row, column = int(item.get("row")), int(item.get("column"))
+        assert column not in rows.get(row, {}), f"{layout_name}: two widgets at row {row}, column {column}"
+        rows.setdefault(row, {})[column] = item.find("widget")
+    return rows
+
+
+def _properties(widget: ET.Element) -> dict[str, str]:
+    return {prop.get("name"): prop[0].text for prop in widget.findall("property")}
+
+
+def _within_range(tree: ast.Module, field: str) -> tuple[float, float]:
+    """The ``WithinRange(low, high)`` bounds of a parameter node field (module constants resolved)."""
+    cls = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "WeakTumorSegParameterNode")
+    for node in cls.body:
+        if isinstance(node, ast.AnnAssign) and node.target.id == field:
+            bound = node.annotation.slice.elts[1]
+            assert ast.unparse(bound.func) == "WithinRange"
+            return tuple(_constant(tree, a.id) if isinstance(a, ast.Name) else ast.literal_eval(a) for a in bound.args)
+    raise AssertionError(f"no parameter {field}")
+
+
+def test_scalp_margin_row_follows_the_filter_threshold(module_tree):
+    rows = _form_rows("inputsFormLayout")
+    threshold_row = next(r for r, cells in rows.items()
+                         if 1 in cells and cells[1].get("name") == "thresholdSliderWidget")
+    label, widget = rows[threshold_row + 1][0], rows[threshold_row + 1][1]
+    assert _properties(label)["text"] == "Scalp margin:"
+    props = _properties(widget)
+    assert props["SlicerParameterName"] == "scalpMargin"
+    assert props["suffix"] == " mm" and float(props["singleStep"]) == 1.0 and int(props["decimals"]) in (0, 1)
+    low, high = _within_range(module_tree, "scalpMargin")
+    assert (float(props["minimum"]), float(props["maximum"])) == (low, high) == (0.0, 50.0)
+    assert props["toolTip"] == ("Clear the mask within this distance of the head's outer surface (scalp and skull). "
+                                "Use 0 for skull-stripped images. The default comes from the bundle.")
+
+
+def _method(tree: ast.Module, class_name: str, name: str) -> ast.FunctionDef:
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == class_name)
+    return next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == name)
+
+
+def test_a_new_bundle_brings_its_threshold_and_scalp_margin(module_tree):
+    """Choosing another bundle sets both bundle defaults together, and Segment hands both to the Logic."""
+    resets = {}
+    for node in ast.walk(_method(module_tree, "WeakTumorSegWidget", "onBundleChanged")):
+        if isinstance(node, ast.If):
+            for stmt in node.body:
+                if isinstance(stmt, ast.Assign) and ast.unparse(stmt.targets[0]).startswith("self._parameterNode."):
+                    resets[ast.unparse(stmt.targets[0]).rsplit(".", 1)[1]] = (node, ast.unparse(stmt.value))
+    assert set(resets) == {"threshold", "scalpMargin"}
+    assert resets["threshold"][0] is resets["scalpMargin"][0]  # under the same "another bundle" condition
+    assert resets["threshold"][1] == "self._bundle.threshold"
+    assert "self._bundle.scalpMargin" in resets["scalpMargin"][1]
+    calls = [n for n in ast.walk(_method(module_tree, "WeakTumorSegWidget", "onSegmentButton"))
+             if isinstance(n, ast.Call) and ast.unparse(n.func) == "self.logic.process"]
+    assert len(calls) == 1
+    keywords = {k.arg: ast.unparse(k.value) for k in calls[0].keywords}
+    assert keywords["threshold"] == "p.threshold" and keywords["scalpMargin"] == "p.scalpMargin"
 
 
 def test_custom_widgets_are_declared(ui_widgets):

@@ -109,6 +109,8 @@ else:
 MODULE_DIR = Path(__file__).resolve().parent
 #: Most input channels a bundle may ask for (one volume selector each in the GUI).
 MAX_CHANNELS = 4
+#: Largest scalp margin (mm) the GUI offers; the core accepts up to 1000 mm.
+MAX_SCALP_MARGIN = 50.0
 #: Attribute that marks the nodes this module created (value ``"WeakTumorSeg"``).
 CREATED_BY = "WeakTumorSeg.CreatedBy"
 #: Node reference roles linking the results to their input volume and slice table.
@@ -244,6 +246,7 @@ class BundleInfo:
     referenceChannel: str
     threshold: float
     description: str
+    scalpMargin: float = 0.0
 
 
 def readBundleInfo(path: str | os.PathLike) -> BundleInfo:
@@ -264,9 +267,24 @@ def readBundleInfo(path: str | os.PathLike) -> BundleInfo:
     reference = str(config.get("flair_channel") or channels[0])
     if reference not in channels:
         reference = channels[0]
-    threshold = float((config.get("inference") or {}).get("filter_threshold", 0.2))
+    inference = config.get("inference") or {}
+    threshold = float(inference.get("filter_threshold", 0.2))
+    try:
+        scalpMargin = float(inference.get("scalp_margin_mm") or 0.0)  # null or absent: off
+    except (TypeError, ValueError):
+        scalpMargin = float("nan")
+    if not 0.0 <= scalpMargin < 1000.0:
+        raise SegmentationError(f"{config_path}: inference.scalp_margin_mm is not a number of mm in [0, 1000)")
     return BundleInfo(folder, str(config.get("name") or folder.name), channels, reference, threshold,
-                      str(config.get("description") or ""))
+                      str(config.get("description") or ""), scalpMargin)
+
+
+def _defaultBundleScalpMargin() -> float:
+    """The default bundle's scalp margin (capped at :data:`MAX_SCALP_MARGIN`), 0 without a default bundle."""
+    try:
+        return min(readBundleInfo(defaultBundlePath()).scalpMargin, MAX_SCALP_MARGIN)
+    except SegmentationError:
+        return 0.0
 
 
 @dataclass(frozen=True)
@@ -567,7 +585,8 @@ if GUI_AVAILABLE:
     @parameterNodeWrapper
     class WeakTumorSegParameterNode:
         """The module's settings: one input volume per bundle channel (``inputVolume0`` is the bundle's
-        first channel), the bundle folder, device, filter threshold, seeds, output and export folder."""
+        first channel), the bundle folder, device, filter threshold, scalp margin (starts at the default
+        bundle's), seeds, output and export folder."""
 
         inputVolume0: vtkMRMLScalarVolumeNode
         inputVolume1: vtkMRMLScalarVolumeNode
@@ -576,6 +595,7 @@ if GUI_AVAILABLE:
         bundlePath: Path = _defaultBundleOrEmpty()
         device: str = "auto"
         threshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.2
+        scalpMargin: Annotated[float, WithinRange(0.0, MAX_SCALP_MARGIN)] = _defaultBundleScalpMargin()
         showSeeds: bool = False
         outputSegmentation: vtkMRMLSegmentationNode
         exportFolder: Path = Path.home()
@@ -718,6 +738,7 @@ class WeakTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.bundleInfoLabel.toolTip = self._bundle.description
                 if self._parameterNode and previous is not None and previous.path != self._bundle.path:
                     self._parameterNode.threshold = self._bundle.threshold  # a new bundle brings its own default
+                    self._parameterNode.scalpMargin = min(self._bundle.scalpMargin, MAX_SCALP_MARGIN)
         channels = self._bundle.channels if self._bundle else ()
         for i in range(MAX_CHANNELS):
             label = getattr(self.ui, f"inputVolumeLabel{i}")
@@ -813,7 +834,7 @@ class WeakTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p = self._parameterNode
             self.segmentEditorWidget.setActiveEffect(None)
             self._job = self.logic.process(self.inputVolumes(), bundlePath=p.bundlePath, device=p.device,
-                                           threshold=p.threshold, seeds=p.showSeeds,
+                                           threshold=p.threshold, scalpMargin=p.scalpMargin, seeds=p.showSeeds,
                                            outputSegmentation=p.outputSegmentation, wait=False,
                                            progressCallback=self.onProgress)
             self.ui.progressBar.value = 0
@@ -1165,7 +1186,8 @@ class WeakTumorSegLogic(ScriptedLoadableModuleLogic):
 
     def process(self, inputVolumes: Mapping[str, vtkMRMLScalarVolumeNode] | Sequence[vtkMRMLScalarVolumeNode],
                 bundlePath: str | os.PathLike | None = None, device: str = "auto", threshold: float | None = None,
-                seeds: bool = False, outputSegmentation: vtkMRMLSegmentationNode | None = None, wait: bool = True,
+                scalpMargin: float | None = None, seeds: bool = False,
+                outputSegmentation: vtkMRMLSegmentationNode | None = None, wait: bool = True,
                 progressCallback: Callable[[str, float, str], None] | None = None, threads: int | None = None,
                 seedMasks: int | None = None, timeout: float | None = None) -> SegmentationResult | SegmentationJob:
         """Segment one patient: a volume per channel of the bundle (a dict ``{channel: node}``, or a list in
@@ -1175,6 +1197,7 @@ class WeakTumorSegLogic(ScriptedLoadableModuleLogic):
         :class:`SegmentationResult` (or raises :class:`SegmentationError` with the core's one-line message);
         with ``wait=False`` returns a :class:`SegmentationJob` to :meth:`~SegmentationJob.poll`.
         ``progressCallback(stage, fraction, message)`` is called from the thread that polls.
+        ``threshold`` and ``scalpMargin`` (mm; 0 is off, as skull-stripped images need) default to the bundle's.
         """
         bundle = readBundleInfo(bundlePath if bundlePath is not None and str(bundlePath) not in ("", ".")
                                 else defaultBundlePath())
@@ -1190,6 +1213,8 @@ class WeakTumorSegLogic(ScriptedLoadableModuleLogic):
                 raise SegmentationError(f"volume '{volumes[channel].GetName()}' ({channel}) has no image data")
         if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
             raise SegmentationError(f"filter threshold {threshold} is not in [0, 1]")
+        if scalpMargin is not None and not 0.0 <= float(scalpMargin) < 1000.0:
+            raise SegmentationError(f"scalp margin {scalpMargin} mm is not in [0, 1000)")
         if outputSegmentation is not None and outputSegmentation.GetScene() != self.scene:
             raise SegmentationError("the output segmentation is not in this scene")
 
@@ -1206,6 +1231,8 @@ class WeakTumorSegLogic(ScriptedLoadableModuleLogic):
                 command += ["--channel", f"{channel}={path}"]
             if threshold is not None:
                 command += ["--threshold", f"{float(threshold):g}"]
+            if scalpMargin is not None:
+                command += ["--scalp-margin", f"{float(scalpMargin):g}"]
             if seeds:
                 command.append("--seeds")
                 if seedMasks:
@@ -1219,7 +1246,7 @@ class WeakTumorSegLogic(ScriptedLoadableModuleLogic):
             env["PYTHONIOENCODING"] = "utf-8"
             request = {"bundle": bundle, "volume": volumes[bundle.referenceChannel], "seeds": bool(seeds),
                        "outputSegmentation": outputSegmentation, "inputNames": inputNames,
-                       "threshold": threshold, "device": device}
+                       "threshold": threshold, "scalpMargin": scalpMargin, "device": device}
             job = SegmentationJob(self, command, env, workdir, request, progressCallback)
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -1280,6 +1307,8 @@ class WeakTumorSegLogic(ScriptedLoadableModuleLogic):
         segNode.SetAttribute("WeakTumorSeg.Bundle", str(request["bundle"].path))
         segNode.SetAttribute("WeakTumorSeg.Device", str(report.get("device", request.get("device"))))
         segNode.SetAttribute("WeakTumorSeg.Threshold", str(report.get("threshold", request.get("threshold"))))
+        segNode.SetAttribute("WeakTumorSeg.ScalpMargin",
+                             str(report.get("scalp_margin_mm", request.get("scalpMargin"))))
         self._styleSegments(segNode)
 
         table = self._targetTable(volume)
@@ -1664,6 +1693,7 @@ class WeakTumorSegTest(ScriptedLoadableModuleTest):
         self.assertGreater(int(mask.sum()), 0, "the shipped bundle found no tumour in the sample")
         self.assertEqual(result.tableNode.GetNumberOfRows(), slices)
         self.assertEqual(logic.inputVolumeOf(result.segmentationNode), reference)
+        self.assertEqual(float(result.segmentationNode.GetAttribute("WeakTumorSeg.ScalpMargin")), bundle.scalpMargin)
 
         self.delayDisplay("Reviewing")
         statuses = {0: "excluded", 1: "corrected", 2: "kept"}

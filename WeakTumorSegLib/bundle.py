@@ -45,6 +45,9 @@ DEFAULT_INFERENCE = {
     "filter_threshold": 0.2,
     "undecided_margin": 0.1,
     "batch_size": 32,
+    # mm below the head's outer surface where masks are cleared (None/0: off; not in 000); for
+    # images that are not skull-stripped, where bright scalp fat looks like FLAIR abnormality
+    "scalp_margin_mm": None,
 }
 
 #: Choices where paper 000 is ambiguous (DESIGN.md), recorded in every bundle.

@@ -22,7 +22,7 @@ import torch
 from . import __version__
 from .bundle import BUNDLE_FILE, WEIGHT_DTYPES, Bundle, default_bundle_dir
 from .errors import InputError, WeakTumorSegError
-from .inference import SLICE_COLUMNS, resolve_device, segment_arrays
+from .inference import SLICE_COLUMNS, resolve_device, scalp_margin_mm, segment_arrays
 from .io import (NEGATIVE_SEED_COLOR, POSITIVE_SEED_COLOR, SEED_TERMINOLOGY, TUMOR_COLOR, TUMOR_TERMINOLOGY,
                  OutputSet, Segment, image_stem, read_channels, write_csv, write_mask, write_segmentation)
 from .progress import MODES, Progress
@@ -49,6 +49,20 @@ def _threshold_arg(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {value}")
     return value
+
+
+def _millimetres_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value < 1000.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1000) mm, got {value}")
+    return value
+
+
+SCALP_HELP = ("clear the mask within this many mm of the head's outer surface (scalp and skull); "
+              "0 turns it off, as skull-stripped images need (default: the bundle's inference.scalp_margin_mm)")
 
 
 def _positive_int(text: str) -> int:
@@ -101,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also write the classifier's RISE positive/negative seeds as segments")
     seg.add_argument("--seed-masks", type=_positive_int, default=None,
                      help="number of RISE masks for --seeds (default: the bundle's)")
+    seg.add_argument("--scalp-margin", type=_millimetres_arg, default=None, metavar="MM", help=SCALP_HELP)
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
     _add_run_options(seg, progress_help="bar: progress bars on stderr (default); json: one JSON object per line "
                                         "on stdout (stage, done, total); none: no progress",
@@ -153,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--residual-threshold", type=_threshold_arg, default=None,
                     help="threshold of the residual baseline (default: the bundle's baselines.residual.threshold, "
                          "chosen on its training split; never choose it on the evaluated patients)")
+    ev.add_argument("--scalp-margin", type=_millimetres_arg, default=None, metavar="MM", help=SCALP_HELP)
     ev.add_argument("--overwrite", action="store_true", help="replace existing output files")
     _add_run_options(ev, progress_help="bar: progress on stderr (default); json: one JSON object per line on stdout; "
                                        "none", quiet_help="no progress and no summary (errors still shown)")
@@ -217,7 +233,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     threshold, threshold_source, median = residual_setting(bundle, args.residual_threshold)
     options = EvaluateOptions(seeds=not args.no_seeds, seed_masks=args.seed_masks, residual_threshold=threshold,
-                              residual_threshold_source=threshold_source, residual_median=median)
+                              residual_threshold_source=threshold_source, residual_median=median,
+                              scalp_margin=args.scalp_margin)
     for msg in notes:
         note(msg)
     bundle.to(device)
@@ -241,6 +258,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "torch_seed": options.torch_seed, "gate_threshold": inf["gate_threshold"],
         "mask_threshold": inf["mask_threshold"], "difference_threshold": inf["filter_threshold"],
         "undecided_margin": inf["undecided_margin"], "filter_thresholds": list(options.filter_thresholds),
+        "scalp_margin_mm": scalp_margin_mm(bundle, args.scalp_margin),
+        "scalp_margin_source": "--scalp-margin" if args.scalp_margin is not None else "bundle",
         "residual": {"threshold": threshold, "threshold_source": threshold_source, "median": median,
                      "healthy": "converter on every tissue patch (no classifier gate), positive part of "
                                 "FLAIR - healthy on the normalised [0, 1] scale, median per axial slice"},
@@ -358,7 +377,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     bundle.to(device)
     result = segment_arrays(bundle, volume.channels, device, threshold=args.threshold, seeds=args.seeds,
-                            seed_masks=args.seed_masks, progress=progress)
+                            seed_masks=args.seed_masks, progress=progress, spacing=volume.geometry.inplane_spacing,
+                            scalp_margin=args.scalp_margin)
 
     progress("write", 0, len(outputs))
     t = time.perf_counter()
@@ -387,6 +407,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
             "threshold": result.threshold,
             "threshold_source": "--threshold" if args.threshold is not None else "bundle",
             "seeds": bool(args.seeds),
+            "scalp_margin_mm": result.scalp_margin,
+            "scalp_margin_source": "--scalp-margin" if args.scalp_margin is not None else "bundle",
             "geometry": {"size": list(geom.size), "spacing": list(geom.spacing), "origin": list(geom.origin),
                          "direction": list(geom.direction)},
             "counts": {**result.counts, "tumor_volume_ml": round(result.counts.get("tumor_voxels", 0) * voxel_ml, 3)},

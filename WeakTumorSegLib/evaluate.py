@@ -301,6 +301,8 @@ class EvaluateOptions:
     residual_median: int = 5
     filter_thresholds: tuple[float, ...] = FILTER_THRESHOLDS
     torch_seed: int = 0
+    #: overrides the bundle's ``inference.scalp_margin_mm`` (None: the bundle's)
+    scalp_margin: float | None = None
 
 
 @dataclass
@@ -352,7 +354,8 @@ def evaluate_case(bundle: Bundle, case: Case, device: torch.device | str, option
     if have["residual"]:
         extra.append(EXTRA_HEALTHY)
     result = segment_arrays(bundle, volume.channels, device, seeds=options.seeds, seed_masks=options.seed_masks,
-                            progress=progress, extra=extra)
+                            progress=progress, extra=extra, spacing=volume.geometry.inplane_spacing,
+                            scalp_margin=options.scalp_margin)
     masks: dict[str, np.ndarray] = {"fused": result.mask}
     for key in ("s0", "s_os", "s_us", "seed_only"):
         if have[key]:
@@ -591,6 +594,9 @@ def tables_markdown(metrics: Mapping) -> str:
                            f"{_num(e['per_slice_tumour'])} |")
             else:
                 out.append(f"| {e['label']} | not available | not available | not available |")
+        if table == "4" and cfg.get("scalp_margin_mm"):
+            out += ["", (f"Scalp margin {cfg['scalp_margin_mm']:g} mm ({cfg['scalp_margin_source']}): every "
+                         "segmenter's mask is cleared that close to the head's outer surface.")]
         if table == "5" and seg["residual"]["available"]:
             res = cfg["residual"]
             out += ["", (f"Residual threshold {res['threshold']:g} ({res['threshold_source']}), "

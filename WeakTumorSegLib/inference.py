@@ -8,7 +8,9 @@ This follows 000 sections 2.4, 2.5 and 3 on whole slices:
    channel contain no tissue and are gated out without running C;
 3. S_US and S_OS run on the gated patches and are fused with w = 2(p - 0.5) (:mod:`.fusion`);
 4. overlapping patch probabilities are averaged (gated-out patches count as zeros), mapped back
-   to the input grid and binarised at 0.5;
+   to the input grid and binarised at 0.5; with ``inference.scalp_margin_mm`` (not in 000) voxels
+   closer than that to the head's outer surface (:func:`~.preprocess.head_depth`) are cleared,
+   which keeps masks off the bright scalp fat of images that are not skull-stripped;
 5. the converter U turns the FLAIR channel of the gated patches into its healthy variant; the
    difference |x - x_hat| is measured on the working grid, mapped back, and averaged over each
    slice's mask (Eq. 19) to flag low-confidence slices (:mod:`.filtering`);
@@ -38,7 +40,7 @@ from .bundle import Bundle
 from .errors import BundleError
 from .filtering import flag_slices, mean_in_mask
 from .fusion import fuse
-from .preprocess import brain_bbox, normalize_channels, plan_crop, to_input, to_working
+from .preprocess import brain_bbox, head_depth, head_level, normalize_channels, plan_crop, to_input, to_working
 from .seeds import RiseConfig, classifier_rise, extend_negative_seeds, gate_positive_seeds, normalize_maps
 from .tiling import Tiling
 
@@ -77,6 +79,8 @@ class SegmentationResult:
     healthy: np.ndarray | None = None
     #: With ``"healthy"``: the normalised [0, 1] FLAIR the converter saw, on the input grid.
     flair: np.ndarray | None = None
+    #: The scalp margin applied, in mm (0: none).
+    scalp_margin: float = 0.0
 
     @property
     def tumor_pixels(self) -> np.ndarray:
@@ -89,6 +93,11 @@ class SegmentationResult:
                  "difference_score": f"{self.difference_score[k]:.4f}",
                  "flagged": int(self.flagged[k]), "flag_reason": self.flag_reason[k], "tumor_pixels": int(px[k])}
                 for k in range(len(px))]
+
+
+def scalp_margin_mm(bundle: Bundle, override: float | None = None) -> float:
+    """The scalp margin in mm: ``override`` if given, else the bundle's (0 when it has none)."""
+    return float((bundle.inference.get("scalp_margin_mm") if override is None else override) or 0.0)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -119,12 +128,15 @@ def _batched(fn: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray, batch: i
 
 def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: torch.device | str = "cpu",
                    threshold: float | None = None, seeds: bool = False, seed_masks: int | None = None,
-                   progress: ProgressFn | None = None, extra: Sequence[str] = ()) -> SegmentationResult:
+                   progress: ProgressFn | None = None, extra: Sequence[str] = (),
+                   spacing: Sequence[float] = (1.0, 1.0), scalp_margin: float | None = None) -> SegmentationResult:
     """Segment one volume given as ``{channel name: (slice, row, column) array}``.
 
     Channels the bundle does not use are ignored; a missing one raises :class:`BundleError`.
     ``threshold`` overrides the bundle's difference-score threshold; ``seeds`` adds RISE seeds
-    (``seed_masks`` overrides the bundle's number of RISE masks).
+    (``seed_masks`` overrides the bundle's number of RISE masks). ``spacing`` is the in-plane
+    (row, column) voxel size in mm; ``scalp_margin`` overrides the bundle's
+    ``scalp_margin_mm`` (0 turns it off, as skull-stripped images need).
 
     ``extra`` (for evaluation) names further outputs: a segmenter among ``bundle.models`` (e.g.
     ``segmenter_us``, ``segmenter_os``, ``segmenter0``, ``baseline_seed_only``) fills
@@ -149,6 +161,7 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
     inf = bundle.inference
     gate, batch = float(inf["gate_threshold"]), int(inf["batch_size"])
     thr = float(inf["filter_threshold"] if threshold is None else threshold)
+    margin = scalp_margin_mm(bundle, scalp_margin)
     pp, patch = bundle.preprocessing, bundle.patch_size
     flair_idx = bundle.channels.index(bundle.flair_channel)
     models = bundle.models
@@ -271,6 +284,14 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
     t = time.perf_counter()
     say("postprocess", 0, 1)
     prob = to_input(tiling.stitch(fused), crop, (ny, nx))
+    extra_prob = {name: to_input(tiling.stitch(maps), crop, (ny, nx)) for name, maps in extra_patch_maps.items()}
+    if margin > 0:  # voxels within the scalp margin are never tumour: their probabilities are cleared
+        flair_in = stack[:, flair_idx]
+        ks = np.flatnonzero(np.logical_or.reduce([m.any(axis=(1, 2)) for m in (prob, *extra_prob.values())]))
+        if len(ks):  # only slices with a map need the head (the threshold is the whole volume's)
+            inside = head_depth(flair_in[ks], spacing, head_level(flair_in)) > margin
+            for pr in (prob, *extra_prob.values()):
+                pr[ks] *= inside
     mask = (prob > float(inf["mask_threshold"])).astype(np.uint8)
     x_work = work[:, flair_idx]
     healthy_work = tiling.stitch(healthy, weights=gate_w, fill=x_work)
@@ -278,7 +299,6 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
     scores = mean_in_mask(diff, mask)
     p_slice = p.reshape(z, tiling.per_slice).max(axis=1)
     flagged, reasons = flag_slices(mask.sum(axis=(1, 2)), scores, p_slice, thr, float(inf["undecided_margin"]), gate)
-    extra_prob = {name: to_input(tiling.stitch(maps), crop, (ny, nx)) for name, maps in extra_patch_maps.items()}
     extra_masks = {name: (pr > float(inf["mask_threshold"])).astype(np.uint8) for name, pr in extra_prob.items()}
     flair01 = healthy01 = None
     if want_healthy:
@@ -295,4 +315,4 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
               "gated_patches": int(len(gated)), "tumor_slices": int((mask.sum(axis=(1, 2)) > 0).sum()),
               "tumor_voxels": int(mask.sum()), "flagged_slices": int(flagged.sum())}
     return SegmentationResult(mask, prob, p_slice, scores, flagged, reasons, thr, pos_seeds, neg_seeds, timings,
-                              counts, extra_masks, extra_prob, healthy01, flair01)
+                              counts, extra_masks, extra_prob, healthy01, flair01, margin)

@@ -48,6 +48,11 @@ class Geometry:
         return cls(tuple(image.GetSize()), tuple(image.GetSpacing()), tuple(image.GetOrigin()),
                    tuple(image.GetDirection()))
 
+    @property
+    def inplane_spacing(self) -> tuple[float, float]:
+        """(row, column) voxel size of the ``(slice, row, column)`` arrays, i.e. (y, x) spacing."""
+        return float(self.spacing[1]), float(self.spacing[0])
+
     def apply(self, image: sitk.Image) -> sitk.Image:
         image.SetSpacing(self.spacing)
         image.SetOrigin(self.origin)

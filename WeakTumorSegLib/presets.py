@@ -53,7 +53,10 @@ _PAPER = {
     # stage) and the residual threshold chosen on the training split (needs masks; cheap)
     "baselines": {"seed_only": True, "residual": True},
     "inference": {"stride": 64, "gate_threshold": 0.5, "mask_threshold": 0.5, "filter_threshold": 0.2,
-                  "undecided_margin": 0.1, "batch_size": 32},
+                  "undecided_margin": 0.1, "batch_size": 32,
+                  # clear masks this many mm below the head's surface (inference.py; not in 000; None =
+                  # off): for cohorts that are not skull-stripped, e.g. 12 as in the shipped TCGA-LGG bundles
+                  "scalp_margin_mm": None},
 }
 
 
