@@ -102,15 +102,19 @@ def test_shipped_bundle_keeps_the_sample_mask_off_the_scalp(tmp_path):
     assert Bundle.load(MODELS_DIR / "tcga-lgg-default").inference["scalp_margin_mm"] == 12.0
     case = SAMPLE.name
     channels = [f"-c{c}={SAMPLE / f'{case}_{c}.nii.gz'}" for c in ("flair", "t1", "t1ce")]
-    masks, reports = {}, {}
+    masks, reports, summaries = {}, {}, {}
     for label, extra in (("bundle", []), ("off", ["--scalp-margin", "0"])):
         out = tmp_path / label
         proc = run_cli("segment", *channels, "--out", out, "--device", "cpu", "--progress", "none", *extra)
         assert proc.returncode == 0, proc.stderr
+        summaries[label] = proc.stdout
         masks[label] = _read(out / f"{case}_flair_mask.nii.gz").astype(bool)
         reports[label] = json.loads((out / f"{case}_flair_report.json").read_text())
     assert reports["bundle"]["scalp_margin_mm"] == 12.0 and reports["bundle"]["scalp_margin_source"] == "bundle"
     assert reports["off"]["scalp_margin_mm"] == 0.0 and reports["off"]["scalp_margin_source"] == "--scalp-margin"
+    # the summary tells a user of skull-stripped images how to turn the margin off
+    assert "scalp margin 12 mm (--scalp-margin 0 for skull-stripped images)" in summaries["bundle"]
+    assert "scalp margin" not in summaries["off"]
     flair = normalize_channel(_read(SAMPLE / f"{case}_flair.nii.gz"))  # as segment sees it
     rim = head_depth(flair) <= 12  # the sample's spacing is 1 mm
     assert (masks["off"] & rim).sum() > 2000 and not (masks["bundle"] & rim).any()

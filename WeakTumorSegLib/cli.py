@@ -426,7 +426,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
         c = report["counts"]
         print(f"Segmented {name} with bundle '{bundle.name}' on {device} in {timings['total']:.1f} s: "
               f"{c['tumor_slices']} of {c['slices']} slices with tumour ({c['tumor_volume_ml']} ml), "
-              f"{c['flagged_slices']} flagged for review (threshold {result.threshold:g}).")
+              f"{c['flagged_slices']} flagged for review (threshold {result.threshold:g})"
+              + (f"; scalp margin {result.scalp_margin:g} mm (--scalp-margin 0 for skull-stripped images)."
+                 if result.scalp_margin else "."))
         for path in written:
             print(f"  {path}")
     return 0
