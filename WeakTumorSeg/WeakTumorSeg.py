@@ -109,8 +109,9 @@ else:
 MODULE_DIR = Path(__file__).resolve().parent
 #: Most input channels a bundle may ask for (one volume selector each in the GUI).
 MAX_CHANNELS = 4
-#: Largest scalp margin (mm) the GUI offers; the core accepts up to 1000 mm.
+#: Largest scalp margin (mm) the GUI offers; the core accepts up to :data:`CORE_MAX_SCALP_MARGIN` (excluded).
 MAX_SCALP_MARGIN = 50.0
+CORE_MAX_SCALP_MARGIN = 1000.0
 #: Attribute that marks the nodes this module created (value ``"WeakTumorSeg"``).
 CREATED_BY = "WeakTumorSeg.CreatedBy"
 #: Node reference roles linking the results to their input volume and slice table.
@@ -273,7 +274,7 @@ def readBundleInfo(path: str | os.PathLike) -> BundleInfo:
         scalpMargin = float(inference.get("scalp_margin_mm") or 0.0)  # null or absent: off
     except (TypeError, ValueError):
         scalpMargin = float("nan")
-    if not 0.0 <= scalpMargin < 1000.0:
+    if not 0.0 <= scalpMargin < CORE_MAX_SCALP_MARGIN:
         raise SegmentationError(f"{config_path}: inference.scalp_margin_mm is not a number of mm in [0, 1000)")
     return BundleInfo(folder, str(config.get("name") or folder.name), channels, reference, threshold,
                       str(config.get("description") or ""), scalpMargin)
@@ -1213,7 +1214,7 @@ class WeakTumorSegLogic(ScriptedLoadableModuleLogic):
                 raise SegmentationError(f"volume '{volumes[channel].GetName()}' ({channel}) has no image data")
         if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
             raise SegmentationError(f"filter threshold {threshold} is not in [0, 1]")
-        if scalpMargin is not None and not 0.0 <= float(scalpMargin) < 1000.0:
+        if scalpMargin is not None and not 0.0 <= float(scalpMargin) < CORE_MAX_SCALP_MARGIN:
             raise SegmentationError(f"scalp margin {scalpMargin} mm is not in [0, 1000)")
         if outputSegmentation is not None and outputSegmentation.GetScene() != self.scene:
             raise SegmentationError("the output segmentation is not in this scene")

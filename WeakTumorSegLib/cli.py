@@ -41,21 +41,22 @@ def _channel_arg(text: str) -> tuple[str, str]:
     return name.strip().lower(), path.strip()
 
 
-def _threshold_arg(text: str) -> float:
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def _threshold_arg(text: str) -> float:
+    value = _number(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {value}")
     return value
 
 
 def _millimetres_arg(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    value = _number(text)
     if not 0.0 <= value < 1000.0:
         raise argparse.ArgumentTypeError(f"must lie in [0, 1000) mm, got {value}")
     return value

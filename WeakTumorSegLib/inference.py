@@ -287,10 +287,11 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
     extra_prob = {name: to_input(tiling.stitch(maps), crop, (ny, nx)) for name, maps in extra_patch_maps.items()}
     if margin > 0:  # voxels within the scalp margin are never tumour: their probabilities are cleared
         flair_in = stack[:, flair_idx]
-        ks = np.flatnonzero(np.logical_or.reduce([m.any(axis=(1, 2)) for m in (prob, *extra_prob.values())]))
+        maps = [prob, *extra_prob.values()]
+        ks = np.flatnonzero(np.logical_or.reduce([m.any(axis=(1, 2)) for m in maps]))
         if len(ks):  # only slices with a map need the head (the threshold is the whole volume's)
             inside = head_depth(flair_in[ks], spacing, head_level(flair_in)) > margin
-            for pr in (prob, *extra_prob.values()):
+            for pr in maps:
                 pr[ks] *= inside
     mask = (prob > float(inf["mask_threshold"])).astype(np.uint8)
     x_work = work[:, flair_idx]
