@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from WeakTumorSegLib.bundle import Bundle
-from WeakTumorSegLib.classifier import Classifier, CompactClassifier, VGG16BNClassifier, augment_batch
+from WeakTumorSegLib.classifier import Classifier, CompactClassifier, VGG16BNClassifier, augment_batch, inference_copy
 from WeakTumorSegLib.filtering import (REASON_LOW_DIFFERENCE, REASON_UNDECIDED, difference_scores, flag_slices,
                                        mean_in_mask)
 from WeakTumorSegLib.fusion import fuse, fusion_weight
@@ -707,6 +707,31 @@ def test_classifier_rise_at_upsampled_resolution():
     for k in range(2):
         am = int(maps[k].argmax())
         assert 8 <= am // 32 < 16 and 12 <= am % 32 < 20
+
+
+@pytest.mark.parametrize("arch", ["compact", "vgg"])
+def test_inference_copy_folds_batchnorm_and_keeps_outputs(arch):
+    """RISE runs a folded, channels-last copy of the classifier: same probabilities (1e-5), the
+    BatchNorm layers gone from the copy, and the caller's model untouched."""
+    torch.manual_seed(0)
+    clf = (CompactClassifier(in_channels=3, width=4, blocks=3, upsample=1.0) if arch == "compact"
+           else VGG16BNClassifier(in_channels=3, width=2, hidden=8, upsample=1.0))
+    x = torch.rand(6, 3, 64, 64)
+    clf.train()
+    for _ in range(3):  # non-trivial running statistics
+        clf(x * 2 + 0.5)
+    clf.eval()
+    with torch.no_grad():
+        before = clf(x)
+    fast = inference_copy(clf)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in clf.modules()) > 0
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)), before, atol=1e-5, rtol=0)
+        torch.testing.assert_close(clf(x), before, atol=0, rtol=0)
+    assert clf.features[0].weight.is_contiguous()
+    clf.train()  # a model in training mode keeps its BatchNorm (batch statistics)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in inference_copy(clf).modules())
 
 
 # ============================================================================================

@@ -13,9 +13,12 @@ the network see the upsampled image (:meth:`Classifier.forward_upsampled`).
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 
 AUGMENTATIONS = ("none", "flip")
@@ -55,6 +58,31 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(x))
+
+
+def inference_copy(model: nn.Module) -> nn.Module:
+    """A copy of an eval-mode model for repeated inference: every ``Conv2d`` directly followed
+    by a ``BatchNorm2d`` in an ``nn.Sequential`` becomes one convolution with the normalisation
+    folded into its weights and bias (the same function up to float rounding, about 1e-7), and
+    the copy is laid out channels-last, where the thin convolutions of the classifiers run
+    about twice as fast on CPUs. The model itself is left unchanged; a model in training mode
+    is copied without folding (its BatchNorm uses batch statistics)."""
+    fast = copy.deepcopy(model)
+    if not model.training:
+        for seq in [m for m in fast.modules() if isinstance(m, nn.Sequential)]:
+            layers, merged = list(seq), []
+            while layers:
+                layer = layers.pop(0)
+                if isinstance(layer, nn.Conv2d) and layers and isinstance(layers[0], nn.BatchNorm2d) \
+                        and layers[0].track_running_stats:
+                    layer = fuse_conv_bn_eval(layer, layers.pop(0))
+                merged.append(layer)
+            if len(merged) != len(seq):
+                for name in list(seq._modules):
+                    del seq._modules[name]
+                for i, layer in enumerate(merged):
+                    seq.add_module(str(i), layer)
+    return fast.to(memory_format=torch.channels_last)
 
 
 VGG16_LAYOUT = (1, 1, "M", 2, 2, "M", 4, 4, 4, "M", 8, 8, 8, "M", 8, 8, 8, "M")

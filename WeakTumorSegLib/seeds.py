@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from .classifier import inference_copy
+
 
 @dataclass(frozen=True)
 class RiseConfig:
@@ -196,17 +198,12 @@ def classifier_rise(classifier, patches: torch.Tensor, config: RiseConfig,
                     progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """RISE maps of a :class:`~WeakTumorSegLib.classifier.Classifier` for ``(N, C, P, P)``
     patches: masks applied at the classifier's upsampled resolution, maps resampled to P."""
-    # channels-last: the thin convolutions of a classifier run about twice as fast on CPUs;
-    # restored afterwards so the caller's model is left as it was
-    fmt = torch.channels_last
-    classifier.to(memory_format=fmt)
-    try:
-        with torch.inference_mode():
-            xu = classifier.upsample_input(patches)
-            maps = rise_maps(lambda z: classifier.forward_upsampled(z.contiguous(memory_format=fmt)), xu, config,
-                             progress)
-    finally:
-        classifier.to(memory_format=torch.contiguous_format)
+    # N forward passes of one model: BatchNorm folded into the convolutions, channels-last
+    # (masked images inherit the channels-last layout of the images)
+    fast = inference_copy(classifier)
+    with torch.inference_mode():
+        xu = classifier.upsample_input(patches).contiguous(memory_format=torch.channels_last)
+        maps = rise_maps(fast.forward_upsampled, xu, config, progress)
     if maps.shape[-2:] != patches.shape[-2:]:
         maps = F.interpolate(maps[:, None], size=patches.shape[-2:], mode="area")[:, 0]
     return maps
