@@ -3,7 +3,7 @@
 * **ours**: ``WeakTumorSegLib.seeds.classifier_rise`` -> ``rise_maps``: the N masks are drawn up
   front as small grids and shifts (:class:`~WeakTumorSegLib.seeds.MaskSource`) and expanded to
   full size one batch at a time; each batch explains every image, and the weighted sum is
-  accumulated batch by batch.
+  accumulated batch by batch; the forward passes run on ``classifier.inference_copy``.
 * **naive**: the structure of the original RISE code (Petsiuk, Das and Saenko, BMVC 2018;
   ``explanations.py`` of github.com/eclique/RISE): all N full-size masks are generated first and
   held as one ``N x 1 x H x W`` tensor, every image is multiplied by all of them at once (the
@@ -12,8 +12,9 @@
   same size, cells, p1 and seed, i.e. the masks of ``MaskSource`` built all at once), at the
   classifier's input resolution, and the same area resampling to patch size as
   ``classifier_rise``, so the two maps must agree (float32 vs float64 accumulation only).
-* **forward** (reference): only the ``n_images x N / batch`` classifier forward passes on masked
-  images, the floor both implementations share.
+* **forward** (reference): only the ``n_images x N / batch`` forward passes of the classifier as
+  given on masked images: the floor of the naive implementation (ours runs a copy with
+  BatchNorm folded, channels-last, and can go below it).
 
 Every run of an implementation is a subprocess of its own (so its peak resident memory,
 ``ru_maxrss``, is its own) with a fixed number of CPU threads; the implementations take turns,
