@@ -1,7 +1,7 @@
 """What the ``tiny`` preset learns from slice labels alone, on a phantom cohort (000 sections 2.1-2.4).
 
 One ``train --preset tiny`` run on twelve phantoms (20 x 144 x 144; the phantoms' 1 mm pixels
-want ``inplane_scale`` 1.0 instead of the preset's halving), then ``evaluate`` on four phantoms
+want ``inplane_scale`` 1.0 instead of the preset's halving), then ``evaluate`` on eight phantoms
 the run never saw. It checks what a researcher relies on: the classifier separates tumour
 slices, the RISE seeds land on the tumour (positive) and off it (negative), and the fused
 segmenters' masks cover the tumours of unseen volumes. About two and a half minutes on two
@@ -18,7 +18,7 @@ import pytest
 from conftest import run_cli
 
 TRAIN_SEEDS = range(12)
-HOLDOUT_SEEDS = range(700, 704)
+HOLDOUT_SEEDS = range(700, 708)
 SHAPE = (20, 144, 144)
 
 
@@ -63,8 +63,11 @@ def test_seeds_land_on_and_off_the_tumour(trained):
 
 def test_fused_mask_covers_unseen_tumours(trained):
     fused = trained["eval"]["segmentation"]["fused"]
-    # measured on 8 unseen phantoms: 0.76 per tumour slice, 0.79 per volume; the margin absorbs the
-    # numerical differences of other CPUs, while a collapsed segmenter (0.04 once) still fails
+    # measured on these 8 unseen phantoms: 0.69 per tumour slice and 0.72 per volume (1 thread, as
+    # here) and 0.73 / 0.76 (2 threads); other cohorts 0.76 / 0.79. Rounding differences (thread
+    # count, CPU) move the result by a few hundredths (four of these phantoms gave 0.65 once), so the
+    # margin is wide, while a collapsed segmenter (0.04 once, 0.0 when the size prior is too strong)
+    # still fails
     assert fused["per_slice_tumour"] >= 0.65, fused
     assert fused["per_volume_3d"] >= 0.65, fused
 

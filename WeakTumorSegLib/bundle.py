@@ -48,6 +48,9 @@ DEFAULT_INFERENCE = {
     # mm below the head's outer surface where masks are cleared (None/0: off; not in 000); for
     # images that are not skull-stripped, where bright scalp fat looks like FLAIR abnormality
     "scalp_margin_mm": None,
+    # weight of each neighbouring slice's classifier output in the gate's average (0: off, as in
+    # 000; at most 1/3; fusion.smooth_across_slices)
+    "slice_smoothing": 0.0,
 }
 
 #: Choices where paper 000 is ambiguous (DESIGN.md), recorded in every bundle.

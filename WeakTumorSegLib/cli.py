@@ -22,7 +22,8 @@ import torch
 from . import __version__
 from .bundle import BUNDLE_FILE, WEIGHT_DTYPES, Bundle, default_bundle_dir
 from .errors import InputError, WeakTumorSegError
-from .inference import SLICE_COLUMNS, resolve_device, scalp_margin_mm, segment_arrays
+from .fusion import MAX_SLICE_SMOOTHING
+from .inference import SLICE_COLUMNS, resolve_device, scalp_margin_mm, segment_arrays, slice_smoothing
 from .io import (NEGATIVE_SEED_COLOR, POSITIVE_SEED_COLOR, SEED_TERMINOLOGY, TUMOR_COLOR, TUMOR_TERMINOLOGY,
                  OutputSet, Segment, image_stem, read_channels, write_csv, write_mask, write_segmentation)
 from .progress import MODES, Progress
@@ -62,6 +63,16 @@ def _millimetres_arg(text: str) -> float:
     return value
 
 
+def _smoothing_arg(text: str) -> float:
+    value = _number(text)
+    if not 0.0 <= value <= MAX_SLICE_SMOOTHING:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1/3], got {value}")
+    return value
+
+
+SMOOTHING_HELP = ("weight W of each neighbouring slice when the classifier's outputs are averaged along the "
+                  "slice axis before the gate (W, 1 - 2W, W); 0 classifies every slice on its own, as in the "
+                  "paper (default: the bundle's inference.slice_smoothing)")
 SCALP_HELP = ("clear the mask within this many mm of the head's outer surface (scalp and skull); "
               "0 turns it off, as skull-stripped images need (default: the bundle's inference.scalp_margin_mm)")
 
@@ -117,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--seed-masks", type=_positive_int, default=None,
                      help="number of RISE masks for --seeds (default: the bundle's)")
     seg.add_argument("--scalp-margin", type=_millimetres_arg, default=None, metavar="MM", help=SCALP_HELP)
+    seg.add_argument("--slice-smoothing", type=_smoothing_arg, default=None, metavar="W", help=SMOOTHING_HELP)
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
     _add_run_options(seg, progress_help="bar: progress bars on stderr (default); json: one JSON object per line "
                                         "on stdout (stage, done, total); none: no progress",
@@ -170,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="threshold of the residual baseline (default: the bundle's baselines.residual.threshold, "
                          "chosen on its training split; never choose it on the evaluated patients)")
     ev.add_argument("--scalp-margin", type=_millimetres_arg, default=None, metavar="MM", help=SCALP_HELP)
+    ev.add_argument("--slice-smoothing", type=_smoothing_arg, default=None, metavar="W", help=SMOOTHING_HELP)
     ev.add_argument("--overwrite", action="store_true", help="replace existing output files")
     _add_run_options(ev, progress_help="bar: progress on stderr (default); json: one JSON object per line on stdout; "
                                        "none", quiet_help="no progress and no summary (errors still shown)")
@@ -235,7 +248,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     threshold, threshold_source, median = residual_setting(bundle, args.residual_threshold)
     options = EvaluateOptions(seeds=not args.no_seeds, seed_masks=args.seed_masks, residual_threshold=threshold,
                               residual_threshold_source=threshold_source, residual_median=median,
-                              scalp_margin=args.scalp_margin)
+                              scalp_margin=args.scalp_margin, smoothing=args.slice_smoothing)
     for msg in notes:
         note(msg)
     bundle.to(device)
@@ -261,6 +274,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "undecided_margin": inf["undecided_margin"], "filter_thresholds": list(options.filter_thresholds),
         "scalp_margin_mm": scalp_margin_mm(bundle, args.scalp_margin),
         "scalp_margin_source": "--scalp-margin" if args.scalp_margin is not None else "bundle",
+        "slice_smoothing": slice_smoothing(bundle, args.slice_smoothing),
+        "slice_smoothing_source": "--slice-smoothing" if args.slice_smoothing is not None else "bundle",
         "residual": {"threshold": threshold, "threshold_source": threshold_source, "median": median,
                      "healthy": "converter on every tissue patch (no classifier gate), positive part of "
                                 "FLAIR - healthy on the normalised [0, 1] scale, median per axial slice"},
@@ -379,7 +394,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     bundle.to(device)
     result = segment_arrays(bundle, volume.channels, device, threshold=args.threshold, seeds=args.seeds,
                             seed_masks=args.seed_masks, progress=progress, spacing=volume.geometry.inplane_spacing,
-                            scalp_margin=args.scalp_margin)
+                            scalp_margin=args.scalp_margin, smoothing=args.slice_smoothing)
 
     progress("write", 0, len(outputs))
     t = time.perf_counter()
@@ -410,6 +425,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
             "seeds": bool(args.seeds),
             "scalp_margin_mm": result.scalp_margin,
             "scalp_margin_source": "--scalp-margin" if args.scalp_margin is not None else "bundle",
+            "slice_smoothing": result.slice_smoothing,
+            "slice_smoothing_source": "--slice-smoothing" if args.slice_smoothing is not None else "bundle",
             "geometry": {"size": list(geom.size), "spacing": list(geom.spacing), "origin": list(geom.origin),
                          "direction": list(geom.direction)},
             "counts": {**result.counts, "tumor_volume_ml": round(result.counts.get("tumor_voxels", 0) * voxel_ml, 3)},

@@ -303,6 +303,8 @@ class EvaluateOptions:
     torch_seed: int = 0
     #: overrides the bundle's ``inference.scalp_margin_mm`` (None: the bundle's)
     scalp_margin: float | None = None
+    #: overrides the bundle's ``inference.slice_smoothing`` (None: the bundle's)
+    smoothing: float | None = None
 
 
 @dataclass
@@ -355,7 +357,7 @@ def evaluate_case(bundle: Bundle, case: Case, device: torch.device | str, option
         extra.append(EXTRA_HEALTHY)
     result = segment_arrays(bundle, volume.channels, device, seeds=options.seeds, seed_masks=options.seed_masks,
                             progress=progress, extra=extra, spacing=volume.geometry.inplane_spacing,
-                            scalp_margin=options.scalp_margin)
+                            scalp_margin=options.scalp_margin, smoothing=options.smoothing)
     masks: dict[str, np.ndarray] = {"fused": result.mask}
     for key in ("s0", "s_os", "s_us", "seed_only"):
         if have[key]:
@@ -572,6 +574,11 @@ def tables_markdown(metrics: Mapping) -> str:
         if r:
             out.append(f"| {name} | {r['slices']} | {r['tumour_slices']} | {_num(r['auc'])} | "
                        f"{_num(r['sensitivity'])} | {_num(r['specificity'])} |")
+    if cfg.get("slice_smoothing"):
+        w = cfg["slice_smoothing"]
+        out += ["", (f"Slice smoothing {w:g} ({cfg['slice_smoothing_source']}): each p_tumor is the classifier's "
+                     f"output averaged with its neighbouring slices' (weights {w:g}, {1 - 2 * w:g}, {w:g}), "
+                     "before the gate.")]
     s = metrics["seeds"]
     out += ["", "**Table 3 - seed overlap** (RISE seeds; voxels pooled over patients)", ""]
     if s.get("computed"):

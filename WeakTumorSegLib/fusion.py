@@ -3,11 +3,43 @@
 For an image with classifier output p: if p <= 0.5 the segmentation is empty; otherwise
 w = 2(p - 0.5) and m1 = w * m_OS + (1 - w) * m_US (Eqs. 17-18), binarised at 0.5. A confident
 classifier trusts the over-segmenting model S_OS, an unsure one the under-segmenting S_US.
+
+Not in 000, off unless a bundle sets ``inference.slice_smoothing``: :func:`smooth_across_slices`
+averages C's outputs with those of the neighbouring slices before the gate. 000 classifies every
+slice on its own; a tumour, however, spans consecutive slices, so a slice between two confident
+neighbours is more likely tumour than its own score says, and a lone confident slice less.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+#: the largest neighbour weight: the slice itself must weigh at least as much as each neighbour
+MAX_SLICE_SMOOTHING = 1.0 / 3.0
+
+
+def smooth_across_slices(p: np.ndarray, weight: float, valid: np.ndarray | None = None) -> np.ndarray:
+    """Classifier outputs ``p`` ``(slices, k)`` (k tiles per slice, same tiling on every slice)
+    averaged along the slice axis with weights ``(weight, 1 - 2 weight, weight)``.
+
+    Only entries where ``valid`` (default: everywhere) take part: a missing neighbour (beyond the
+    first or last slice, or a tile without tissue there) drops out and the remaining weights are
+    renormalised. Invalid entries stay as they were. ``weight`` 0 returns ``p`` unchanged.
+    """
+    if not 0.0 <= weight <= MAX_SLICE_SMOOTHING:
+        raise ValueError(f"slice smoothing weight must lie in [0, 1/3], got {weight}")
+    p = np.asarray(p, dtype=np.float64)
+    if weight == 0 or len(p) < 2:
+        return p.astype(np.float32)
+    ok = np.ones(p.shape, bool) if valid is None else np.asarray(valid, bool)
+    w = ok * np.array(1.0 - 2.0 * weight)
+    num, den = w * p, w.copy()
+    for a, b in ((slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None))):  # from below, from above
+        num[a] += weight * ok[b] * p[b]
+        den[a] += weight * ok[b]
+    out = np.where(ok, num / np.where(den > 0, den, 1.0), p)
+    return out.astype(np.float32)
 
 
 def fusion_weight(p: torch.Tensor, gate: float = 0.5) -> torch.Tensor:

@@ -5,7 +5,10 @@ This follows 000 sections 2.4, 2.5 and 3 on whole slices:
 1. preprocess the volume (:mod:`.preprocess`) and tile every axial slice into patches
    (:mod:`.tiling`, stride from the bundle);
 2. the classifier C gates each patch (p <= 0.5: empty map); patches that are zero in every
-   channel contain no tissue and are gated out without running C;
+   channel contain no tissue and are gated out without running C; with
+   ``inference.slice_smoothing`` (not in 000) each patch's p is first averaged with the same
+   tile's p on the neighbouring slices (:func:`~.fusion.smooth_across_slices`), and that p is
+   used everywhere after (gate, fusion weight, the slice's ``p_tumor``);
 3. S_US and S_OS run on the gated patches and are fused with w = 2(p - 0.5) (:mod:`.fusion`);
 4. overlapping patch probabilities are averaged (gated-out patches count as zeros), mapped back
    to the input grid and binarised at 0.5; with ``inference.scalp_margin_mm`` (not in 000) voxels
@@ -39,7 +42,7 @@ import torch
 from .bundle import Bundle
 from .errors import BundleError
 from .filtering import flag_slices, mean_in_mask
-from .fusion import fuse
+from .fusion import MAX_SLICE_SMOOTHING, fuse, smooth_across_slices
 from .preprocess import brain_bbox, head_depth, head_level, normalize_channels, plan_crop, to_input, to_working
 from .seeds import RiseConfig, classifier_rise, extend_negative_seeds, gate_positive_seeds, normalize_maps
 from .tiling import Tiling
@@ -81,6 +84,8 @@ class SegmentationResult:
     flair: np.ndarray | None = None
     #: The scalp margin applied, in mm (0: none).
     scalp_margin: float = 0.0
+    #: The neighbour weight of the classifier's slice smoothing applied (0: none).
+    slice_smoothing: float = 0.0
 
     @property
     def tumor_pixels(self) -> np.ndarray:
@@ -98,6 +103,12 @@ class SegmentationResult:
 def scalp_margin_mm(bundle: Bundle, override: float | None = None) -> float:
     """The scalp margin in mm: ``override`` if given, else the bundle's (0 when it has none)."""
     return float((bundle.inference.get("scalp_margin_mm") if override is None else override) or 0.0)
+
+
+def slice_smoothing(bundle: Bundle, override: float | None = None) -> float:
+    """The neighbour weight of the classifier's slice smoothing: ``override`` if given, else the
+    bundle's (0 when it has none)."""
+    return float((bundle.inference.get("slice_smoothing") if override is None else override) or 0.0)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -129,14 +140,16 @@ def _batched(fn: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray, batch: i
 def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: torch.device | str = "cpu",
                    threshold: float | None = None, seeds: bool = False, seed_masks: int | None = None,
                    progress: ProgressFn | None = None, extra: Sequence[str] = (),
-                   spacing: Sequence[float] = (1.0, 1.0), scalp_margin: float | None = None) -> SegmentationResult:
+                   spacing: Sequence[float] = (1.0, 1.0), scalp_margin: float | None = None,
+                   smoothing: float | None = None) -> SegmentationResult:
     """Segment one volume given as ``{channel name: (slice, row, column) array}``.
 
     Channels the bundle does not use are ignored; a missing one raises :class:`BundleError`.
     ``threshold`` overrides the bundle's difference-score threshold; ``seeds`` adds RISE seeds
     (``seed_masks`` overrides the bundle's number of RISE masks). ``spacing`` is the in-plane
     (row, column) voxel size in mm; ``scalp_margin`` overrides the bundle's
-    ``scalp_margin_mm`` (0 turns it off, as skull-stripped images need).
+    ``scalp_margin_mm`` (0 turns it off, as skull-stripped images need); ``smoothing`` overrides
+    its ``slice_smoothing`` (0 turns it off).
 
     ``extra`` (for evaluation) names further outputs: a segmenter among ``bundle.models`` (e.g.
     ``segmenter_us``, ``segmenter_os``, ``segmenter0``, ``baseline_seed_only``) fills
@@ -162,6 +175,9 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
     gate, batch = float(inf["gate_threshold"]), int(inf["batch_size"])
     thr = float(inf["filter_threshold"] if threshold is None else threshold)
     margin = scalp_margin_mm(bundle, scalp_margin)
+    smooth = slice_smoothing(bundle, smoothing)
+    if not 0.0 <= smooth <= MAX_SLICE_SMOOTHING:
+        raise BundleError(f"slice smoothing must lie in [0, 1/3], got {smooth:g}", bundle.path)
     pp, patch = bundle.preprocessing, bundle.patch_size
     flair_idx = bundle.channels.index(bundle.flair_channel)
     models = bundle.models
@@ -200,6 +216,11 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
         say("classify", 0, len(tissue))
         p[tissue] = _batched(models["classifier"], patches[tissue], batch, device,
                              lambda d: say("classify", d, len(tissue)))
+        if smooth > 0:  # tiles without tissue neither take part nor change (they stay gated out)
+            has_tissue = np.zeros(len(patches), bool)
+            has_tissue[tissue] = True
+            p = smooth_across_slices(p.reshape(z, tiling.per_slice), smooth,
+                                     has_tissue.reshape(z, tiling.per_slice)).reshape(-1)
         gated = np.flatnonzero(p > gate)
         gate_w = np.zeros(len(patches))  # 1 for gated patches: stitching weights of their maps
         gate_w[gated] = 1
@@ -316,4 +337,4 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
               "gated_patches": int(len(gated)), "tumor_slices": int((mask.sum(axis=(1, 2)) > 0).sum()),
               "tumor_voxels": int(mask.sum()), "flagged_slices": int(flagged.sum())}
     return SegmentationResult(mask, prob, p_slice, scores, flagged, reasons, thr, pos_seeds, neg_seeds, timings,
-                              counts, extra_masks, extra_prob, healthy01, flair01, margin)
+                              counts, extra_masks, extra_prob, healthy01, flair01, margin, smooth)

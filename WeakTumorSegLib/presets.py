@@ -56,7 +56,10 @@ _PAPER = {
                   "undecided_margin": 0.1, "batch_size": 32,
                   # clear masks this many mm below the head's surface (inference.py; not in 000; None =
                   # off): for cohorts that are not skull-stripped, e.g. 12 as in the shipped TCGA-LGG bundles
-                  "scalp_margin_mm": None},
+                  "scalp_margin_mm": None,
+                  # weight of each neighbouring slice in the classifier gate (fusion.smooth_across_slices;
+                  # not in 000; 0 = off; 0.25 in the shipped TCGA-LGG bundles)
+                  "slice_smoothing": 0.0},
 }
 
 

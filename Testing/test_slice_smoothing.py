@@ -1,0 +1,122 @@
+"""Slice smoothing of the classifier gate (``inference.slice_smoothing``, not in 000): each
+patch's tumour probability is averaged with the same tile's on the neighbouring slices before
+the gate, the fusion weight and the slice's ``p_tumor``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from WeakTumorSegLib.bundle import MODELS_DIR, Bundle
+from WeakTumorSegLib.classifier import Classifier
+from WeakTumorSegLib.fusion import smooth_across_slices
+from WeakTumorSegLib.inference import segment_arrays
+from WeakTumorSegLib.preprocess import normalize_channel
+
+from conftest import STANDIN_BUNDLE, run_cli
+from test_core import ConstSegmenter, fake_bundle
+from test_scalp_margin import SAMPLE
+
+
+def test_smoothing_by_hand():
+    p = np.array([[0.2, 0.0], [0.9, 0.8], [0.1, 0.6], [0.8, 0.3], [0.0, 0.7]])
+    valid = np.array([[1, 0], [1, 1], [1, 1], [1, 1], [0, 1]], bool)
+    out = smooth_across_slices(p, 0.25, valid)
+    expected = np.array([
+        [(0.5 * 0.2 + 0.25 * 0.9) / 0.75, 0.0],  # first slice: no neighbour below; the tile without tissue stays
+        [0.5 * 0.9 + 0.25 * 0.2 + 0.25 * 0.1, (0.5 * 0.8 + 0.25 * 0.6) / 0.75],  # right tile: slice 0 has no tissue
+        [0.5 * 0.1 + 0.25 * 0.9 + 0.25 * 0.8, 0.5 * 0.6 + 0.25 * 0.8 + 0.25 * 0.3],
+        [(0.5 * 0.8 + 0.25 * 0.1) / 0.75, 0.5 * 0.3 + 0.25 * 0.6 + 0.25 * 0.7],  # slice 4's left tile: no tissue
+        [0.0, (0.5 * 0.7 + 0.25 * 0.3) / 0.75],
+    ])
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    np.testing.assert_allclose(smooth_across_slices(p, 1 / 3)[2, 0], (0.9 + 0.1 + 0.8) / 3, atol=1e-6)
+    np.testing.assert_array_equal(smooth_across_slices(p, 0.0), p.astype(np.float32))
+    with pytest.raises(ValueError, match="1/3"):
+        smooth_across_slices(p, 0.4)
+
+
+# one 128 x 128 tile per slice; slice k has the constant intensity LEVELS[k] and the classifier
+# answers RAW_P[k] for it; the last slice is empty (no tissue)
+LEVELS = (50.0, 100.0, 150.0, 200.0, 250.0, 300.0, 0.0)
+RAW_P = (0.9, 0.4, 0.9, 0.1, 0.6, 0.1, 0.0)
+
+
+def stack_volume() -> np.ndarray:
+    return np.stack([np.full((128, 128), v, np.float32) for v in LEVELS])
+
+
+class LookupClassifier(Classifier):
+    """Probability RAW_P[k] for a patch whose mean is slice k's normalised level."""
+
+    def __init__(self):
+        super().__init__()
+        self.upsample = 1.0
+        self.keys = torch.tensor(normalize_channel(stack_volume()).mean(axis=(1, 2))[:-1])
+        self.p = torch.tensor(RAW_P[:-1])
+
+    def logits_upsampled(self, xu):
+        k = (xu[:, 0].mean(dim=(1, 2))[:, None] - self.keys[None]).abs().argmin(1)
+        return torch.logit(self.p[k].to(xu.dtype))
+
+
+def lookup_bundle(**inference) -> Bundle:
+    bundle = fake_bundle(**inference)
+    bundle.models.update(classifier=LookupClassifier().eval(), segmenter_us=ConstSegmenter(0.9))
+    return bundle
+
+
+def test_segment_gates_on_the_smoothed_probability():
+    vol = {"flair": stack_volume()}
+    plain = segment_arrays(lookup_bundle(), vol, "cpu")
+    np.testing.assert_allclose(plain.p_tumor, RAW_P, atol=1e-5)
+    assert plain.tumor_pixels.astype(bool).tolist() == [True, False, True, False, True, False, False]
+    smooth = segment_arrays(lookup_bundle(), vol, "cpu", smoothing=0.25)
+    assert smooth.slice_smoothing == 0.25 and plain.slice_smoothing == 0.0
+    expected = [(0.45 + 0.1) / 0.75, 0.2 + 0.45, 0.45 + 0.1 + 0.025, 0.05 + 0.225 + 0.15, 0.3 + 0.05,
+                (0.05 + 0.15) / 0.75, 0.0]  # the empty slice neither counts for slice 5 nor changes
+    np.testing.assert_allclose(smooth.p_tumor, expected, atol=1e-5)
+    # slice 1 (0.4 between two confident slices) is now segmented; the lone slice 4 is not
+    assert smooth.tumor_pixels.astype(bool).tolist() == [True, True, True, False, False, False, False]
+    # the bundle's own setting applies when no override is given; 0 turns it off
+    configured = lookup_bundle(slice_smoothing=0.25)
+    np.testing.assert_array_equal(segment_arrays(configured, vol, "cpu").mask, smooth.mask)
+    np.testing.assert_array_equal(segment_arrays(configured, vol, "cpu", smoothing=0).mask, plain.mask)
+
+
+@pytest.mark.parametrize("value", ["-0.1", "0.5", "abc"])
+def test_bad_slice_smoothing_is_refused(tmp_path, value):
+    case = SAMPLE.name
+    proc = run_cli("segment", f"-cflair={SAMPLE / f'{case}_flair.nii.gz'}", "--out", tmp_path / "o",
+                   "--slice-smoothing", value, "--progress", "none")
+    assert proc.returncode == 2
+    assert "--slice-smoothing" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_shipped_bundles_smooth_and_segment_records_it(tmp_path):
+    for name in ("tcga-lgg-default", "tcga-lgg-flair"):
+        assert Bundle.load(MODELS_DIR / name).inference["slice_smoothing"] == 0.25
+    case = SAMPLE.name
+    channels = [f"-c{c}={SAMPLE / f'{case}_{c}.nii.gz'}" for c in ("flair", "t1", "t1ce")]
+    reports = {}
+    for label, extra in (("bundle", []), ("off", ["--slice-smoothing", "0"])):
+        out = tmp_path / label
+        proc = run_cli("segment", *channels, "--out", out, "--device", "cpu", "--progress", "none", *extra)
+        assert proc.returncode == 0, proc.stderr
+        reports[label] = json.loads((out / f"{case}_flair_report.json").read_text())
+    assert reports["bundle"]["slice_smoothing"] == 0.25 and reports["bundle"]["slice_smoothing_source"] == "bundle"
+    assert reports["off"]["slice_smoothing"] == 0.0 and reports["off"]["slice_smoothing_source"] == "--slice-smoothing"
+
+
+def test_evaluate_records_the_slice_smoothing_it_used(tmp_path):
+    out = tmp_path / "eval"
+    proc = run_cli("evaluate", "--bundle", STANDIN_BUNDLE, "--data", SAMPLE.parent, "--patients", "PHANTOM_0001",
+                   "--no-seeds", "--slice-smoothing", "0.2", "--out", out, "--progress", "none")
+    assert proc.returncode == 0, proc.stderr
+    cfg = json.loads((out / "metrics.json").read_text())["configuration"]
+    assert cfg["slice_smoothing"] == 0.2 and cfg["slice_smoothing_source"] == "--slice-smoothing"
+    assert "Slice smoothing 0.2 (--slice-smoothing)" in (out / "tables.md").read_text()
