@@ -302,3 +302,24 @@ def test_quiet_prints_nothing(runs):
     assert_success(case)
     assert case.proc.stdout == ""
     assert case.proc.stderr == ""
+
+
+def test_closed_stdout_pipe_stops_quietly(tmp_path, tiny_bundle, phantom_case):
+    """``segment ... | head -1``: the reader goes away before the summary; the outputs are already
+    written, and the command stops without a traceback or an "unexpected error" line, with the
+    exit status of a SIGPIPE (141)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT, cli_env
+
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "WeakTumorSegLib", "segment", *channel_args(phantom_case), "--bundle",
+           str(tiny_bundle), "--out", str(out), "--progress", "none"]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
+    proc.stdout.close()  # nobody reads the summary
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141, stderr
+    assert stderr == ""
+    assert (out / f"{STEM}_mask.nii.gz").is_file() and (out / f"{STEM}_report.json").is_file()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import platform
 import sys
 import time
@@ -456,7 +457,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe is reported here, inside the handlers below
+        return code
     except WeakTumorSegError as exc:
         if getattr(args, "debug", False):
             raise
@@ -465,6 +468,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; no outputs were written", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout went away (``... | head -1``): stop quietly, as on SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except MemoryError:
         print(f"{PROG}: error: out of memory (try --device cpu, or a machine with more memory)", file=sys.stderr)
         return 1
