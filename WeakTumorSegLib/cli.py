@@ -78,6 +78,15 @@ SCALP_HELP = ("clear the mask within this many mm of the head's outer surface (s
               "0 turns it off, as skull-stripped images need (default: the bundle's inference.scalp_margin_mm)")
 
 
+def _inference_settings(bundle: Bundle, args: argparse.Namespace) -> dict:
+    """The scalp margin and slice smoothing a command used, each with its source (option or bundle),
+    for ``report.json`` and ``metrics.json``."""
+    return {"scalp_margin_mm": scalp_margin_mm(bundle, args.scalp_margin),
+            "scalp_margin_source": "--scalp-margin" if args.scalp_margin is not None else "bundle",
+            "slice_smoothing": slice_smoothing(bundle, args.slice_smoothing),
+            "slice_smoothing_source": "--slice-smoothing" if args.slice_smoothing is not None else "bundle"}
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -273,10 +282,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "torch_seed": options.torch_seed, "gate_threshold": inf["gate_threshold"],
         "mask_threshold": inf["mask_threshold"], "difference_threshold": inf["filter_threshold"],
         "undecided_margin": inf["undecided_margin"], "filter_thresholds": list(options.filter_thresholds),
-        "scalp_margin_mm": scalp_margin_mm(bundle, args.scalp_margin),
-        "scalp_margin_source": "--scalp-margin" if args.scalp_margin is not None else "bundle",
-        "slice_smoothing": slice_smoothing(bundle, args.slice_smoothing),
-        "slice_smoothing_source": "--slice-smoothing" if args.slice_smoothing is not None else "bundle",
+        **_inference_settings(bundle, args),
         "residual": {"threshold": threshold, "threshold_source": threshold_source, "median": median,
                      "healthy": "converter on every tissue patch (no classifier gate), positive part of "
                                 "FLAIR - healthy on the normalised [0, 1] scale, median per axial slice"},
@@ -424,10 +430,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             "threshold": result.threshold,
             "threshold_source": "--threshold" if args.threshold is not None else "bundle",
             "seeds": bool(args.seeds),
-            "scalp_margin_mm": result.scalp_margin,
-            "scalp_margin_source": "--scalp-margin" if args.scalp_margin is not None else "bundle",
-            "slice_smoothing": result.slice_smoothing,
-            "slice_smoothing_source": "--slice-smoothing" if args.slice_smoothing is not None else "bundle",
+            **_inference_settings(bundle, args),
             "geometry": {"size": list(geom.size), "spacing": list(geom.spacing), "origin": list(geom.origin),
                          "direction": list(geom.direction)},
             "counts": {**result.counts, "tumor_volume_ml": round(result.counts.get("tumor_voxels", 0) * voxel_ml, 3)},

@@ -100,15 +100,20 @@ class SegmentationResult:
                 for k in range(len(px))]
 
 
+def _optional_setting(bundle: Bundle, key: str, override: float | None) -> float:
+    """``override`` if given, else the bundle's ``inference[key]`` (0 when it has none)."""
+    return float((bundle.inference.get(key) if override is None else override) or 0.0)
+
+
 def scalp_margin_mm(bundle: Bundle, override: float | None = None) -> float:
     """The scalp margin in mm: ``override`` if given, else the bundle's (0 when it has none)."""
-    return float((bundle.inference.get("scalp_margin_mm") if override is None else override) or 0.0)
+    return _optional_setting(bundle, "scalp_margin_mm", override)
 
 
 def slice_smoothing(bundle: Bundle, override: float | None = None) -> float:
     """The neighbour weight of the classifier's slice smoothing: ``override`` if given, else the
     bundle's (0 when it has none)."""
-    return float((bundle.inference.get("slice_smoothing") if override is None else override) or 0.0)
+    return _optional_setting(bundle, "slice_smoothing", override)
 
 
 def resolve_device(name: str) -> torch.device:
