@@ -498,6 +498,41 @@ def test_classifier_stage_is_reproducible(cohort, train_config, tmp_path):
     assert not differ, f"classifier weights differ between two runs of the same configuration: {differ[:5]}"
 
 
+@pytest.mark.parametrize("zeta, collapsed", [(1.0, False), (500.0, True)])
+def test_collapsed_segmenter_is_reported(zeta, collapsed, cohort, train_config, tmp_path):
+    """A size prior too strong for the cohort pushes the segmenter's output below 0.5 on its own
+    positive seeds, so every mask is empty; the stage says so in the log (with the setting to
+    lower) and records the share of positive seeds its masks cover in done.json."""
+    import numpy as np
+    import torch
+
+    from WeakTumorSegLib.presets import resolve_config
+    from WeakTumorSegLib.train import TrainingRun
+
+    config = resolve_config("tiny", train_config, {"segmenter": {"epochs": 6, "min_steps": 0, "zeta": zeta}})
+    lines: list[str] = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run = TrainingRun(tmp_path / "run", config, cohort, tmp_path / "bundle", log=lines.append)
+        run._prepare_dir()
+        run.load_data()
+        pos = torch.from_numpy(run.train.mask.astype(np.uint8))  # the truth as positive seeds
+        neg = 1 - pos
+        always = torch.nn.Module()
+        always.forward = lambda x: torch.ones(len(x))  # a classifier that calls every slice tumour
+        run.train_segmenter("segmenter0", np.ones(len(run.x), bool), pos, neg,
+                            run.x[:, run.flair:run.flair + 1], always)
+    finally:
+        torch.set_num_threads(threads)
+    recall = json.loads((run.stage_dir("segmenter0") / "done.json").read_text())["positive_seed_recall"]
+    warned = [line for line in lines if line.startswith("WARNING segmenter0")]
+    if collapsed:
+        assert recall < 0.05 and len(warned) == 1 and "segmenter.zeta" in warned[0], (recall, lines[-3:])
+    else:
+        assert recall > 0.5 and not warned, (recall, warned)
+
+
 # ---------------------------------------------------------------------------------------------
 # 7. resolve_config
 

@@ -72,6 +72,14 @@ def test_fused_mask_covers_unseen_tumours(trained):
     assert fused["per_volume_3d"] >= 0.65, fused
 
 
+def test_segmenters_did_not_collapse(trained):
+    """Each segmenter's mask covers most of its own positive seeds on the training images (a
+    too strong size prior would leave it near 0, with every mask empty)."""
+    stages = trained["bundle"]["training"]["stages"]
+    recall = {s: stages[s]["positive_seed_recall"] for s in ("segmenter0", "segmenter_us", "segmenter_os")}
+    assert min(recall.values()) > 0.5, recall
+
+
 def test_converter_changes_the_tumour_more_than_the_rest(trained):
     """U turns tumour slices into healthy-looking ones: mean |x - U(x)| inside the tumour against
     outside it, on the validation phantoms of the split. Measured 2.77 on this cohort (2.59 with

@@ -57,6 +57,8 @@ from .evaluate import choose_residual_threshold
 
 STAGES = ("classifier", "seeds", "gan", "converter", "segmenter0", "refine", "segmenter_us", "segmenter_os",
           "segmenter_seed_only", "bundle")
+#: below this share of its positive seeds covered, a segmenter is reported as collapsed
+COLLAPSE_RECALL = 0.05
 
 Log = Callable[[str], None]
 Progress = Callable[[str, int, int], None]
@@ -616,9 +618,27 @@ class TrainingRun:
         history = self._epochs(stage, {stage: model}, {stage: opt}, {"step": sched}, epochs, len(sel),
                                int(c["batch"]), step, validate)
         recalibrate_batchnorm(model, xs, int(c["batch"]), self.device)
-        self._finish(stage, t0, {"training_images": len(sel), "last": history[-1] if history else {}},
-                     {stage: model})
+        recall = self._positive_seed_recall(model, xs, ps)
+        if recall is not None and recall < COLLAPSE_RECALL:
+            self.log(f"WARNING {stage}: the mask covers {100 * recall:.1f} % of the positive seeds of its training "
+                     f"images (the output stays below 0.5 there); the size prior may be too strong for this "
+                     f"cohort: lower segmenter.zeta (now {zeta:g})")
+        self._finish(stage, t0, {"training_images": len(sel), "positive_seed_recall": recall,
+                                 "last": history[-1] if history else {}}, {stage: model})
         return model.eval()
+
+    def _positive_seed_recall(self, model: nn.Module, x: torch.Tensor, pos: torch.Tensor,
+                              limit: int = 512) -> float | None:
+        """Share of the positive seeds that the trained model's mask (output > 0.5) covers, on at
+        most ``limit`` of its training images with positive seeds (evenly spaced); ``None`` when
+        none has any. Near 0 means the segmenter collapsed to empty masks."""
+        idx = np.flatnonzero(pos.flatten(1).sum(1).numpy() > 0)
+        if len(idx) == 0:
+            return None
+        idx = torch.from_numpy(idx[np.linspace(0, len(idx) - 1, min(limit, len(idx))).astype(int)])
+        m = self._predict(model, x[idx])[:, 0] > 0.5
+        p = pos[idx] > 0
+        return float((m & p).sum() / p.sum())
 
     # -- stage 6: refinement ---------------------------------------------------------------------------------
     def stage_refine(self, classifier: nn.Module, s0: nn.Module, seeds: Mapping[str, torch.Tensor]) -> dict:
