@@ -16,7 +16,7 @@ from WeakTumorSegLib.classifier import Classifier
 from WeakTumorSegLib.inference import segment_arrays
 from WeakTumorSegLib.preprocess import head_depth, head_mask, normalize_channel
 
-from conftest import REPO_ROOT, STANDIN_BUNDLE, run_cli
+from conftest import REPO_ROOT, run_cli
 from test_core import fake_bundle
 
 SAMPLE = REPO_ROOT / "Resources" / "SampleData" / "TCGA_DU_7018_19911220"
@@ -105,7 +105,9 @@ def test_shipped_bundle_keeps_the_sample_mask_off_the_scalp(tmp_path):
     masks, reports, summaries = {}, {}, {}
     for label, extra in (("bundle", []), ("off", ["--scalp-margin", "0"])):
         out = tmp_path / label
-        proc = run_cli("segment", *channels, "--out", out, "--device", "cpu", "--progress", "none", *extra)
+        # without the FLAIR trim, whose level depends on the whole mask, the rim is the only difference
+        proc = run_cli("segment", *channels, "--out", out, "--device", "cpu", "--progress", "none",
+                       "--flair-trim", "0", *extra)
         assert proc.returncode == 0, proc.stderr
         summaries[label] = proc.stdout
         masks[label] = _read(out / f"{case}_flair_mask.nii.gz").astype(bool)
@@ -125,22 +127,3 @@ def test_shipped_bundle_keeps_the_sample_mask_off_the_scalp(tmp_path):
         return 2 * (m & truth).sum() / (m.sum() + truth.sum())
 
     assert dice(masks["bundle"]) > dice(masks["off"]) + 0.02
-
-
-@pytest.mark.parametrize("value", ["-1", "abc", "5000"])
-def test_bad_scalp_margin_is_refused(tmp_path, value):
-    case = SAMPLE.name
-    proc = run_cli("segment", f"-cflair={SAMPLE / f'{case}_flair.nii.gz'}", "--out", tmp_path / "o",
-                   "--scalp-margin", value, "--progress", "none")
-    assert proc.returncode == 2
-    assert "--scalp-margin" in proc.stderr and (tmp_path / "o").exists() is False
-
-
-def test_evaluate_records_the_scalp_margin_it_used(tmp_path):
-    out = tmp_path / "eval"
-    proc = run_cli("evaluate", "--bundle", STANDIN_BUNDLE, "--data", SAMPLE.parent, "--patients", "PHANTOM_0001",
-                   "--no-seeds", "--scalp-margin", "3", "--out", out, "--progress", "none")
-    assert proc.returncode == 0, proc.stderr
-    cfg = json.loads((out / "metrics.json").read_text())["configuration"]
-    assert cfg["scalp_margin_mm"] == 3.0 and cfg["scalp_margin_source"] == "--scalp-margin"
-    assert "Scalp margin 3 mm (--scalp-margin)" in (out / "tables.md").read_text()

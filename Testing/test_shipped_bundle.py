@@ -87,7 +87,7 @@ def test_cli_on_the_real_sample_lands_on_the_tumour(tmp_path):
     assert str(tmp_path) in proc.stdout  # the summary says where the outputs are
     truth = read(SAMPLE / f"{case}_seg.nii.gz")
     mask = read(tmp_path / f"{case}_flair_mask.nii.gz")
-    assert dice(mask, truth) >= 0.35  # measured 0.45 (3D Dice; the mask is smaller than the tumour)
+    assert dice(mask, truth) >= 0.35  # measured 0.42 (3D Dice; the mask is smaller than the tumour)
     # most of the mask is on tumour slices, and most tumour slices get a mask
     tumour_slices = truth.sum(axis=(1, 2)) > 0
     assert mask[tumour_slices].sum() >= 0.8 * mask.sum()

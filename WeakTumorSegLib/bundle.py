@@ -51,6 +51,9 @@ DEFAULT_INFERENCE = {
     # weight of each neighbouring slice's classifier output in the gate's average (0: off, as in
     # 000; at most 1/3; fusion.smooth_across_slices)
     "slice_smoothing": 0.0,
+    # clear mask voxels whose FLAIR is below this fraction of the median FLAIR inside the volume's
+    # mask (0: off, as in 000; at most 1; filtering.flair_trim)
+    "flair_trim": 0.0,
 }
 
 #: Choices where paper 000 is ambiguous (DESIGN.md), recorded in every bundle.

@@ -24,7 +24,8 @@ from . import __version__
 from .bundle import BUNDLE_FILE, WEIGHT_DTYPES, Bundle, default_bundle_dir
 from .errors import InputError, WeakTumorSegError
 from .fusion import MAX_SLICE_SMOOTHING
-from .inference import SLICE_COLUMNS, resolve_device, scalp_margin_mm, segment_arrays, slice_smoothing
+from .inference import (SLICE_COLUMNS, flair_trim_fraction, resolve_device, scalp_margin_mm, segment_arrays,
+                        slice_smoothing)
 from .io import (NEGATIVE_SEED_COLOR, POSITIVE_SEED_COLOR, SEED_TERMINOLOGY, TUMOR_COLOR, TUMOR_TERMINOLOGY,
                  OutputSet, Segment, image_stem, read_channels, write_csv, write_mask, write_segmentation)
 from .progress import MODES, Progress
@@ -74,17 +75,22 @@ def _smoothing_arg(text: str) -> float:
 SMOOTHING_HELP = ("weight W of each neighbouring slice when the classifier's outputs are averaged along the "
                   "slice axis before the gate (W, 1 - 2W, W); 0 classifies every slice on its own, as in the "
                   "paper (default: the bundle's inference.slice_smoothing)")
+TRIM_HELP = ("clear the mask's voxels whose FLAIR is below F times the median FLAIR inside the volume's mask "
+             "(for FLAIR-hyperintense targets); 0 keeps every voxel, as in the paper (default: the bundle's "
+             "inference.flair_trim)")
 SCALP_HELP = ("clear the mask within this many mm of the head's outer surface (scalp and skull); "
               "0 turns it off, as skull-stripped images need (default: the bundle's inference.scalp_margin_mm)")
 
 
 def _inference_settings(bundle: Bundle, args: argparse.Namespace) -> dict:
-    """The scalp margin and slice smoothing a command used, each with its source (option or bundle),
-    for ``report.json`` and ``metrics.json``."""
+    """The scalp margin, slice smoothing and FLAIR trim a command used, each with its source (option
+    or bundle), for ``report.json`` and ``metrics.json``."""
     return {"scalp_margin_mm": scalp_margin_mm(bundle, args.scalp_margin),
             "scalp_margin_source": "--scalp-margin" if args.scalp_margin is not None else "bundle",
             "slice_smoothing": slice_smoothing(bundle, args.slice_smoothing),
-            "slice_smoothing_source": "--slice-smoothing" if args.slice_smoothing is not None else "bundle"}
+            "slice_smoothing_source": "--slice-smoothing" if args.slice_smoothing is not None else "bundle",
+            "flair_trim": flair_trim_fraction(bundle, args.flair_trim),
+            "flair_trim_source": "--flair-trim" if args.flair_trim is not None else "bundle"}
 
 
 def _positive_int(text: str) -> int:
@@ -139,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="number of RISE masks for --seeds (default: the bundle's)")
     seg.add_argument("--scalp-margin", type=_millimetres_arg, default=None, metavar="MM", help=SCALP_HELP)
     seg.add_argument("--slice-smoothing", type=_smoothing_arg, default=None, metavar="W", help=SMOOTHING_HELP)
+    seg.add_argument("--flair-trim", type=_threshold_arg, default=None, metavar="F", help=TRIM_HELP)
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
     _add_run_options(seg, progress_help="bar: progress bars on stderr (default); json: one JSON object per line "
                                         "on stdout (stage, done, total); none: no progress",
@@ -193,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "chosen on its training split; never choose it on the evaluated patients)")
     ev.add_argument("--scalp-margin", type=_millimetres_arg, default=None, metavar="MM", help=SCALP_HELP)
     ev.add_argument("--slice-smoothing", type=_smoothing_arg, default=None, metavar="W", help=SMOOTHING_HELP)
+    ev.add_argument("--flair-trim", type=_threshold_arg, default=None, metavar="F", help=TRIM_HELP)
     ev.add_argument("--overwrite", action="store_true", help="replace existing output files")
     _add_run_options(ev, progress_help="bar: progress on stderr (default); json: one JSON object per line on stdout; "
                                        "none", quiet_help="no progress and no summary (errors still shown)")
@@ -258,7 +266,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     threshold, threshold_source, median = residual_setting(bundle, args.residual_threshold)
     options = EvaluateOptions(seeds=not args.no_seeds, seed_masks=args.seed_masks, residual_threshold=threshold,
                               residual_threshold_source=threshold_source, residual_median=median,
-                              scalp_margin=args.scalp_margin, smoothing=args.slice_smoothing)
+                              scalp_margin=args.scalp_margin, smoothing=args.slice_smoothing,
+                              trim=args.flair_trim)
     for msg in notes:
         note(msg)
     bundle.to(device)
@@ -401,7 +410,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     bundle.to(device)
     result = segment_arrays(bundle, volume.channels, device, threshold=args.threshold, seeds=args.seeds,
                             seed_masks=args.seed_masks, progress=progress, spacing=volume.geometry.inplane_spacing,
-                            scalp_margin=args.scalp_margin, smoothing=args.slice_smoothing)
+                            scalp_margin=args.scalp_margin, smoothing=args.slice_smoothing, trim=args.flair_trim)
 
     progress("write", 0, len(outputs))
     t = time.perf_counter()

@@ -305,6 +305,8 @@ class EvaluateOptions:
     scalp_margin: float | None = None
     #: overrides the bundle's ``inference.slice_smoothing`` (None: the bundle's)
     smoothing: float | None = None
+    #: overrides the bundle's ``inference.flair_trim`` (None: the bundle's)
+    trim: float | None = None
 
 
 @dataclass
@@ -357,7 +359,7 @@ def evaluate_case(bundle: Bundle, case: Case, device: torch.device | str, option
         extra.append(EXTRA_HEALTHY)
     result = segment_arrays(bundle, volume.channels, device, seeds=options.seeds, seed_masks=options.seed_masks,
                             progress=progress, extra=extra, spacing=volume.geometry.inplane_spacing,
-                            scalp_margin=options.scalp_margin, smoothing=options.smoothing)
+                            scalp_margin=options.scalp_margin, smoothing=options.smoothing, trim=options.trim)
     masks: dict[str, np.ndarray] = {"fused": result.mask}
     for key in ("s0", "s_os", "s_us", "seed_only"):
         if have[key]:
@@ -604,6 +606,10 @@ def tables_markdown(metrics: Mapping) -> str:
         if table == "4" and cfg.get("scalp_margin_mm"):
             out += ["", (f"Scalp margin {cfg['scalp_margin_mm']:g} mm ({cfg['scalp_margin_source']}): every "
                          "segmenter's mask is cleared that close to the head's outer surface.")]
+        if table == "4" and cfg.get("flair_trim"):
+            out += ["", (f"FLAIR trim {cfg['flair_trim']:g} ({cfg['flair_trim_source']}): every segmenter's mask "
+                         f"loses its voxels whose FLAIR is below {cfg['flair_trim']:g} times the median FLAIR "
+                         "inside that mask.")]
         if table == "5" and seg["residual"]["available"]:
             res = cfg["residual"]
             out += ["", (f"Residual threshold {res['threshold']:g} ({res['threshold_source']}), "

@@ -8,6 +8,12 @@ preprocessed [0, 1] ones.
 
 Besides the paper's rule (non-empty mask and d < T), a slice is flagged when the classifier is
 undecided (|p - 0.5| below a margin), since gating and fusion both hinge on p.
+
+Not in 000, off unless a bundle sets ``inference.flair_trim``: :func:`flair_trim` clears the
+mask's voxels that are much darker on FLAIR than the mask's typical voxel. The segmenters learn
+from RISE's seeds, which are about a mask cell wide, and their masks spread over the tissue
+around a small tumour; for a target that is FLAIR-hyperintense by definition (glioma, oedema)
+that tissue is the mask's dim part.
 """
 
 from __future__ import annotations
@@ -25,6 +31,25 @@ def mean_in_mask(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     n = m.sum(axis=(1, 2))
     total = np.where(m, values.astype(np.float64), 0.0).sum(axis=(1, 2))
     return np.where(n > 0, total / np.maximum(n, 1), 1.0)
+
+
+def flair_trim(probability: np.ndarray, flair: np.ndarray, fraction: float, threshold: float = 0.5) -> np.ndarray:
+    """``probability`` with the mask's dim voxels cleared (set to 0).
+
+    The mask is ``probability > threshold`` over the whole volume; a voxel of it is cleared when
+    its ``flair`` is below ``fraction`` times the median FLAIR of the mask. ``fraction`` 0 (or an
+    empty mask) returns the input unchanged; otherwise a new array is returned. ``flair`` is the
+    preprocessed [0, 1] FLAIR on the same grid.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"FLAIR trim fraction must lie in [0, 1], got {fraction}")
+    mask = probability > threshold
+    if fraction == 0.0 or not mask.any():
+        return probability
+    level = fraction * float(np.median(flair[mask]))
+    out = probability.copy()
+    out[mask & (flair < level)] = 0.0
+    return out
 
 
 def difference_scores(flair: np.ndarray, healthy: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -41,7 +41,7 @@ import torch
 
 from .bundle import Bundle
 from .errors import BundleError
-from .filtering import flag_slices, mean_in_mask
+from .filtering import flag_slices, flair_trim, mean_in_mask
 from .fusion import MAX_SLICE_SMOOTHING, fuse, smooth_across_slices
 from .preprocess import brain_bbox, head_depth, head_level, normalize_channels, plan_crop, to_input, to_working
 from .seeds import RiseConfig, classifier_rise, extend_negative_seeds, gate_positive_seeds, normalize_maps
@@ -86,6 +86,8 @@ class SegmentationResult:
     scalp_margin: float = 0.0
     #: The neighbour weight of the classifier's slice smoothing applied (0: none).
     slice_smoothing: float = 0.0
+    #: The FLAIR trim fraction applied (0: none).
+    flair_trim: float = 0.0
 
     @property
     def tumor_pixels(self) -> np.ndarray:
@@ -114,6 +116,11 @@ def slice_smoothing(bundle: Bundle, override: float | None = None) -> float:
     """The neighbour weight of the classifier's slice smoothing: ``override`` if given, else the
     bundle's (0 when it has none)."""
     return _optional_setting(bundle, "slice_smoothing", override)
+
+
+def flair_trim_fraction(bundle: Bundle, override: float | None = None) -> float:
+    """The FLAIR trim fraction: ``override`` if given, else the bundle's (0 when it has none)."""
+    return _optional_setting(bundle, "flair_trim", override)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -146,7 +153,7 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
                    threshold: float | None = None, seeds: bool = False, seed_masks: int | None = None,
                    progress: ProgressFn | None = None, extra: Sequence[str] = (),
                    spacing: Sequence[float] = (1.0, 1.0), scalp_margin: float | None = None,
-                   smoothing: float | None = None) -> SegmentationResult:
+                   smoothing: float | None = None, trim: float | None = None) -> SegmentationResult:
     """Segment one volume given as ``{channel name: (slice, row, column) array}``.
 
     Channels the bundle does not use are ignored; a missing one raises :class:`BundleError`.
@@ -154,7 +161,7 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
     (``seed_masks`` overrides the bundle's number of RISE masks). ``spacing`` is the in-plane
     (row, column) voxel size in mm; ``scalp_margin`` overrides the bundle's
     ``scalp_margin_mm`` (0 turns it off, as skull-stripped images need); ``smoothing`` overrides
-    its ``slice_smoothing`` (0 turns it off).
+    its ``slice_smoothing`` and ``trim`` its ``flair_trim`` (0 turns either off).
 
     ``extra`` (for evaluation) names further outputs: a segmenter among ``bundle.models`` (e.g.
     ``segmenter_us``, ``segmenter_os``, ``segmenter0``, ``baseline_seed_only``) fills
@@ -183,6 +190,9 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
     smooth = slice_smoothing(bundle, smoothing)
     if not 0.0 <= smooth <= MAX_SLICE_SMOOTHING:
         raise BundleError(f"slice smoothing must lie in [0, 1/3], got {smooth:g}", bundle.path)
+    trim = flair_trim_fraction(bundle, trim)
+    if not 0.0 <= trim <= 1.0:
+        raise BundleError(f"FLAIR trim must lie in [0, 1], got {trim:g}", bundle.path)
     pp, patch = bundle.preprocessing, bundle.patch_size
     flair_idx = bundle.channels.index(bundle.flair_channel)
     models = bundle.models
@@ -319,6 +329,10 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
             inside = head_depth(flair_in[ks], spacing, head_level(flair_in)) > margin
             for pr in maps:
                 pr[ks] *= inside
+    if trim > 0:  # each model's mask loses its voxels that are dim on FLAIR next to its median voxel
+        flair_in, mthr = stack[:, flair_idx], float(inf["mask_threshold"])
+        prob = flair_trim(prob, flair_in, trim, mthr)
+        extra_prob = {name: flair_trim(pr, flair_in, trim, mthr) for name, pr in extra_prob.items()}
     mask = (prob > float(inf["mask_threshold"])).astype(np.uint8)
     x_work = work[:, flair_idx]
     healthy_work = tiling.stitch(healthy, weights=gate_w, fill=x_work)
@@ -342,4 +356,4 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
               "gated_patches": int(len(gated)), "tumor_slices": int((mask.sum(axis=(1, 2)) > 0).sum()),
               "tumor_voxels": int(mask.sum()), "flagged_slices": int(flagged.sum())}
     return SegmentationResult(mask, prob, p_slice, scores, flagged, reasons, thr, pos_seeds, neg_seeds, timings,
-                              counts, extra_masks, extra_prob, healthy01, flair01, margin, smooth)
+                              counts, extra_masks, extra_prob, healthy01, flair01, margin, smooth, trim)

@@ -59,7 +59,10 @@ _PAPER = {
                   "scalp_margin_mm": None,
                   # weight of each neighbouring slice in the classifier gate (fusion.smooth_across_slices;
                   # not in 000; 0 = off; 0.25 in the shipped TCGA-LGG bundles)
-                  "slice_smoothing": 0.0},
+                  "slice_smoothing": 0.0,
+                  # mask voxels darker on FLAIR than this fraction of the mask's median FLAIR are
+                  # cleared (filtering.flair_trim; not in 000; 0 = off; 0.9 in the shipped TCGA-LGG bundles)
+                  "flair_trim": 0.0},
 }
 
 

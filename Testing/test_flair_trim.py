@@ -1,0 +1,87 @@
+"""The FLAIR trim (``inference.flair_trim``, not in 000): a mask loses its voxels that are much
+darker on FLAIR than the mask's median voxel (``filtering.flair_trim``), for targets that are
+FLAIR-hyperintense by definition."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from WeakTumorSegLib.bundle import MODELS_DIR, Bundle
+from WeakTumorSegLib.filtering import flair_trim
+from WeakTumorSegLib.inference import segment_arrays
+from WeakTumorSegLib.preprocess import normalize_channel
+
+from conftest import run_cli
+from test_core import ConstSegmenter, fake_bundle
+from test_scalp_margin import SAMPLE
+
+
+def test_trim_by_hand():
+    prob = np.array([[[0.9, 0.9, 0.2, 0.9, 0.6]]], np.float32)
+    flair = np.array([[[1.0, 0.5, 0.1, 0.8, 0.7]]], np.float32)
+    # mask: voxels 0, 1, 3, 4; median FLAIR inside 0.75; level 0.9 * 0.75 = 0.675
+    out = flair_trim(prob, flair, 0.9)
+    np.testing.assert_array_equal(out, np.array([[[0.9, 0.0, 0.2, 0.9, 0.6]]], np.float32))  # voxel 2 is not in the mask: untouched
+    assert prob[0, 0, 1] == np.float32(0.9)  # the input is not modified
+    # with threshold 0.8 the mask is voxels 0, 1, 3: median 0.8, level 0.72
+    np.testing.assert_array_equal(flair_trim(prob, flair, 0.9, threshold=0.8), out)
+    assert flair_trim(prob, flair, 0.0) is prob
+    assert flair_trim(np.zeros_like(prob), flair, 0.9).max() == 0  # an empty mask stays empty
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        flair_trim(prob, flair, 1.5)
+
+
+def two_tone_volume() -> np.ndarray:
+    """(3, 128, 128): a zero background around tissue in rows and columns 10..117, dim (100) in
+    columns 10..50 and bright (200) in 51..117; normalised 0.5 and 1.0."""
+    vol = np.zeros((3, 128, 128), np.float32)
+    vol[:, 10:118, 10:118] = 200.0
+    vol[:, 10:118, 10:51] = 100.0
+    return vol
+
+
+def test_segment_trims_every_model_and_follows_the_bundle():
+    vol = {"flair": two_tone_volume()}
+    bundle = fake_bundle()
+    bundle.models["segmenter_us"] = ConstSegmenter(0.9)  # every gated voxel is in every mask
+    tissue = vol["flair"] > 0
+    plain = segment_arrays(bundle, vol, "cpu", extra=["segmenter_os"])
+    assert plain.mask[tissue].all() and plain.flair_trim == 0.0
+    trimmed = segment_arrays(bundle, vol, "cpu", extra=["segmenter_os"], trim=0.9)
+    assert trimmed.flair_trim == 0.9
+    bright = vol["flair"] == 200  # the median voxel is bright: the dim columns fall below 0.9 of it
+    np.testing.assert_array_equal(trimmed.mask.astype(bool), bright)
+    np.testing.assert_array_equal(trimmed.extra_masks["segmenter_os"].astype(bool), bright)
+    assert (trimmed.probability[~bright] == 0).all()
+    assert segment_arrays(bundle, vol, "cpu", trim=0.4).mask[tissue].all()  # 0.5 is not below 0.4 of 1.0
+    # the bundle's own setting applies when no override is given; 0 turns it off
+    configured = fake_bundle(flair_trim=0.9)
+    configured.models["segmenter_us"] = ConstSegmenter(0.9)
+    np.testing.assert_array_equal(segment_arrays(configured, vol, "cpu").mask, trimmed.mask)
+    np.testing.assert_array_equal(segment_arrays(configured, vol, "cpu", trim=0).mask, plain.mask)
+
+
+def test_shipped_bundles_trim_and_segment_records_it(tmp_path):
+    """On the sample patient the bundle's 0.9 removes exactly the voxels of the untrimmed mask
+    whose FLAIR lies below 0.9 times that mask's median."""
+    for name in ("tcga-lgg-default", "tcga-lgg-flair"):
+        assert Bundle.load(MODELS_DIR / name).inference["flair_trim"] == 0.9
+    case = SAMPLE.name
+    channels = [f"-c{c}={SAMPLE / f'{case}_{c}.nii.gz'}" for c in ("flair", "t1", "t1ce")]
+    masks, reports = {}, {}
+    for label, extra in (("bundle", []), ("off", ["--flair-trim", "0"])):
+        out = tmp_path / label
+        proc = run_cli("segment", *channels, "--out", out, "--device", "cpu", "--progress", "none", *extra)
+        assert proc.returncode == 0, proc.stderr
+        masks[label] = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{case}_flair_mask.nii.gz"))).astype(bool)
+        reports[label] = json.loads((out / f"{case}_flair_report.json").read_text())
+    assert reports["bundle"]["flair_trim"] == 0.9 and reports["bundle"]["flair_trim_source"] == "bundle"
+    assert reports["off"]["flair_trim"] == 0.0 and reports["off"]["flair_trim_source"] == "--flair-trim"
+    flair = normalize_channel(sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE / f"{case}_flair.nii.gz"))))
+    dim = flair < 0.9 * np.median(flair[masks["off"]])
+    assert (masks["off"] & dim).sum() > 1000
+    np.testing.assert_array_equal(masks["bundle"], masks["off"] & ~dim)
