@@ -13,7 +13,9 @@ This follows 000 sections 2.4, 2.5 and 3 on whole slices:
 4. overlapping patch probabilities are averaged (gated-out patches count as zeros), mapped back
    to the input grid and binarised at 0.5; with ``inference.scalp_margin_mm`` (not in 000) voxels
    closer than that to the head's outer surface (:func:`~.preprocess.head_depth`) are cleared,
-   which keeps masks off the bright scalp fat of images that are not skull-stripped;
+   which keeps masks off the bright scalp fat of images that are not skull-stripped; with
+   ``inference.flair_trim`` (not in 000) each mask then loses its voxels that are dim on FLAIR
+   next to the mask's median voxel (:func:`~.filtering.flair_trim`);
 5. the converter U turns the FLAIR channel of the gated patches into its healthy variant; the
    difference |x - x_hat| is measured on the working grid, mapped back, and averaged over each
    slice's mask (Eq. 19) to flag low-confidence slices (:mod:`.filtering`);
