@@ -85,12 +85,13 @@ SCALP_HELP = ("clear the mask within this many mm of the head's outer surface (s
 def _inference_settings(bundle: Bundle, args: argparse.Namespace) -> dict:
     """The scalp margin, slice smoothing and FLAIR trim a command used, each with its source (option
     or bundle), for ``report.json`` and ``metrics.json``."""
-    return {"scalp_margin_mm": scalp_margin_mm(bundle, args.scalp_margin),
-            "scalp_margin_source": "--scalp-margin" if args.scalp_margin is not None else "bundle",
-            "slice_smoothing": slice_smoothing(bundle, args.slice_smoothing),
-            "slice_smoothing_source": "--slice-smoothing" if args.slice_smoothing is not None else "bundle",
-            "flair_trim": flair_trim_fraction(bundle, args.flair_trim),
-            "flair_trim_source": "--flair-trim" if args.flair_trim is not None else "bundle"}
+    settings = {}
+    for name, unit, resolve in (("scalp_margin", "_mm", scalp_margin_mm), ("slice_smoothing", "", slice_smoothing),
+                                ("flair_trim", "", flair_trim_fraction)):
+        given = getattr(args, name)  # the option --<name with dashes>, None when not given
+        settings[name + unit] = resolve(bundle, given)
+        settings[f"{name}_source"] = "--" + name.replace("_", "-") if given is not None else "bundle"
+    return settings
 
 
 def _positive_int(text: str) -> int:

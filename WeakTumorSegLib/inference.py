@@ -104,9 +104,14 @@ class SegmentationResult:
                 for k in range(len(px))]
 
 
-def _optional_setting(bundle: Bundle, key: str, override: float | None) -> float:
-    """``override`` if given, else the bundle's ``inference[key]`` (0 when it has none)."""
-    return float((bundle.inference.get(key) if override is None else override) or 0.0)
+def _optional_setting(bundle: Bundle, key: str, override: float | None, maximum: float | None = None,
+                      bound: str = "") -> float:
+    """``override`` if given, else the bundle's ``inference[key]`` (0 when it has none); with
+    ``maximum``, a value outside ``[0, maximum]`` (``bound`` names the maximum) is a BundleError."""
+    value = float((bundle.inference.get(key) if override is None else override) or 0.0)
+    if maximum is not None and not 0.0 <= value <= maximum:
+        raise BundleError(f"inference.{key} must lie in [0, {bound or f'{maximum:g}'}], got {value:g}", bundle.path)
+    return value
 
 
 def scalp_margin_mm(bundle: Bundle, override: float | None = None) -> float:
@@ -117,12 +122,12 @@ def scalp_margin_mm(bundle: Bundle, override: float | None = None) -> float:
 def slice_smoothing(bundle: Bundle, override: float | None = None) -> float:
     """The neighbour weight of the classifier's slice smoothing: ``override`` if given, else the
     bundle's (0 when it has none)."""
-    return _optional_setting(bundle, "slice_smoothing", override)
+    return _optional_setting(bundle, "slice_smoothing", override, MAX_SLICE_SMOOTHING, "1/3")
 
 
 def flair_trim_fraction(bundle: Bundle, override: float | None = None) -> float:
     """The FLAIR trim fraction: ``override`` if given, else the bundle's (0 when it has none)."""
-    return _optional_setting(bundle, "flair_trim", override)
+    return _optional_setting(bundle, "flair_trim", override, 1.0)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -188,13 +193,10 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
     inf = bundle.inference
     gate, batch = float(inf["gate_threshold"]), int(inf["batch_size"])
     thr = float(inf["filter_threshold"] if threshold is None else threshold)
+    mask_thr = float(inf["mask_threshold"])
     margin = scalp_margin_mm(bundle, scalp_margin)
     smooth = slice_smoothing(bundle, smoothing)
-    if not 0.0 <= smooth <= MAX_SLICE_SMOOTHING:
-        raise BundleError(f"slice smoothing must lie in [0, 1/3], got {smooth:g}", bundle.path)
     trim = flair_trim_fraction(bundle, trim)
-    if not 0.0 <= trim <= 1.0:
-        raise BundleError(f"FLAIR trim must lie in [0, 1], got {trim:g}", bundle.path)
     pp, patch = bundle.preprocessing, bundle.patch_size
     flair_idx = bundle.channels.index(bundle.flair_channel)
     models = bundle.models
@@ -332,17 +334,17 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
             for pr in maps:
                 pr[ks] *= inside
     if trim > 0:  # each model's mask loses its voxels that are dim on FLAIR next to its median voxel
-        flair_in, mthr = stack[:, flair_idx], float(inf["mask_threshold"])
-        prob = flair_trim(prob, flair_in, trim, mthr)
-        extra_prob = {name: flair_trim(pr, flair_in, trim, mthr) for name, pr in extra_prob.items()}
-    mask = (prob > float(inf["mask_threshold"])).astype(np.uint8)
+        flair_in = stack[:, flair_idx]
+        prob = flair_trim(prob, flair_in, trim, mask_thr)
+        extra_prob = {name: flair_trim(pr, flair_in, trim, mask_thr) for name, pr in extra_prob.items()}
+    mask = (prob > mask_thr).astype(np.uint8)
     x_work = work[:, flair_idx]
     healthy_work = tiling.stitch(healthy, weights=gate_w, fill=x_work)
     diff = to_input(np.abs(x_work - healthy_work), crop, (ny, nx))
     scores = mean_in_mask(diff, mask)
     p_slice = p.reshape(z, tiling.per_slice).max(axis=1)
     flagged, reasons = flag_slices(mask.sum(axis=(1, 2)), scores, p_slice, thr, float(inf["undecided_margin"]), gate)
-    extra_masks = {name: (pr > float(inf["mask_threshold"])).astype(np.uint8) for name, pr in extra_prob.items()}
+    extra_masks = {name: (pr > mask_thr).astype(np.uint8) for name, pr in extra_prob.items()}
     flair01 = healthy01 = None
     if want_healthy:
         # the residual is taken on the working grid and mapped back (like the difference score),
