@@ -24,8 +24,8 @@ from WeakTumorSegLib.generator import Discriminator, Encoder, Generator, UNet
 from WeakTumorSegLib.inference import segment_arrays
 from WeakTumorSegLib.networks import build
 from WeakTumorSegLib.preprocess import brain_bbox, normalize_channel, plan_crop, to_input, to_working
-from WeakTumorSegLib.seeds import (RiseConfig, classifier_rise, extend_negative_seeds, gate_positive_seeds, generate_masks, normalize_maps,
-                                   rise_maps, seeds_from_maps)
+from WeakTumorSegLib.seeds import (CPU_CHUNK, RiseConfig, classifier_rise, extend_negative_seeds, gate_positive_seeds,
+                                   generate_masks, normalize_maps, rise_maps, seeds_from_maps)
 from WeakTumorSegLib.tiling import Tiling, tile_starts
 
 PATCH, STRIDE = 128, 64
@@ -561,6 +561,40 @@ def test_rise_maps_independent_of_batch_size():
     one = rise_maps(predict, images, RiseConfig(n_masks=50, cells=4, batch=50, seed=3))
     batched = rise_maps(predict, images, RiseConfig(n_masks=50, cells=4, batch=16, seed=3))
     torch.testing.assert_close(batched, one, atol=1e-5, rtol=0)
+
+
+def test_rise_maps_same_on_worker_threads_and_thread_count_restored():
+    """On a CPU with several torch threads the masked chunks run on worker threads: the maps
+    equal the single-threaded ones, every chunk reaches the model in one piece of at most
+    CPU_CHUNK images, and the caller's thread count is back afterwards, also when the model
+    fails half-way."""
+    images = torch.rand(3, 2, 32, 32, generator=torch.Generator().manual_seed(4))
+    cfg = RiseConfig(n_masks=70, cells=4, batch=40, seed=2)
+    base = square_predict()
+    sizes = []
+
+    def predict(x):
+        sizes.append(len(x))
+        return base(x)
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = rise_maps(predict, images, cfg)
+        torch.set_num_threads(2)
+        sizes.clear()
+        threaded = rise_maps(predict, images, cfg)
+        assert torch.get_num_threads() == 2
+        assert max(sizes) == CPU_CHUNK and sum(sizes) == 3 * 70
+        torch.testing.assert_close(threaded, single, atol=1e-6, rtol=0)
+
+        def failing(x):
+            raise RuntimeError("model failed")
+        with pytest.raises(RuntimeError, match="model failed"):
+            rise_maps(failing, images, cfg)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_centered_rise_is_the_formula_minus_mean_score_times_coverage():

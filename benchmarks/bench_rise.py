@@ -3,7 +3,8 @@
 * **ours**: ``WeakTumorSegLib.seeds.classifier_rise`` -> ``rise_maps``: the N masks are drawn up
   front as small grids and shifts (:class:`~WeakTumorSegLib.seeds.MaskSource`) and expanded to
   full size one batch at a time; each batch explains every image, and the weighted sum is
-  accumulated batch by batch; the forward passes run on ``classifier.inference_copy``.
+  accumulated batch by batch; the forward passes run on ``classifier.inference_copy``, on a CPU
+  in chunks of ``seeds.CPU_CHUNK`` masked images spread over worker threads.
 * **naive**: the structure of the original RISE code (Petsiuk, Das and Saenko, BMVC 2018;
   ``explanations.py`` of github.com/eclique/RISE): all N full-size masks are generated first and
   held as one ``N x 1 x H x W`` tensor, every image is multiplied by all of them at once (the
