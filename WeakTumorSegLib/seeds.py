@@ -96,8 +96,9 @@ def generate_masks(count: int, size: tuple[int, int], cells: int, p1: float, see
     return MaskSource(count, size, cells, p1, seed).masks(0, count, device)
 
 
-#: masked images per forward pass on a CPU: the first block's activations of 16 images at
-#: 128 x 128 (8 channels, 8 MiB) stay near the core, those of a whole mask batch do not
+#: masked images per forward pass on a CPU. A layer's output for 16 images at 128 x 128 with 8
+#: channels is 8 MiB, under glibc's largest mmap threshold (32 MiB), so it is reused from the
+#: heap; for a batch of 100 (50 MiB) every layer maps and page-faults fresh memory.
 CPU_CHUNK = 16
 
 
@@ -109,11 +110,10 @@ def _masked_scorer(predict: Callable[[torch.Tensor], torch.Tensor],
     On a GPU each image's masked batch is one forward pass. On a CPU the masked images go
     through ``predict`` ``CPU_CHUNK`` at a time, and with T > 1 torch threads the chunks run on
     T worker threads whose operators are single-threaded (``torch.set_num_threads(1)`` while
-    the scorer is open, restored after): the thin convolutions of a classifier scale poorly
-    over threads inside one operator, and each core keeps its own chunk's activations in its
-    cache. Every chunk is computed the same way whatever thread runs it, so the scores do not
-    depend on scheduling. ``predict`` must be safe to call from several threads (a model in
-    eval mode is).
+    the scorer is open, restored after): the thin convolutions of a small chunk split poorly
+    over threads inside one operator. Every chunk is computed the same way whatever thread runs
+    it, so the scores do not depend on scheduling. ``predict`` must be safe to call from
+    several threads (a model in eval mode is).
     """
     n = len(images)
     if images.device.type != "cpu":
