@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--masks", type=int, default=1000, help="number of RISE masks N (default 1000)")
     p.add_argument("--images", type=int, default=8, help="number of patches explained together (default 8)")
     p.add_argument("--batch", type=int, default=None, help="masks per forward batch (default: the bundle's rise.batch)")
-    p.add_argument("--repeats", type=int, default=3, help="rounds; each round runs every implementation once, median reported (default 3)")
+    p.add_argument("--repeats", type=int, default=5, help="rounds; each round runs every implementation once, median reported (default 5)")
     p.add_argument("--warmup", type=int, default=0, help="untimed runs in each subprocess before the timed one (default 0)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     p.add_argument("--tol", type=float, default=1e-5, help="largest allowed |ours - naive| (default 1e-5)")
