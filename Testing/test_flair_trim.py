@@ -4,8 +4,6 @@ FLAIR-hyperintense by definition."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -15,9 +13,8 @@ from WeakTumorSegLib.filtering import flair_trim
 from WeakTumorSegLib.inference import segment_arrays
 from WeakTumorSegLib.preprocess import normalize_channel
 
-from conftest import run_cli
 from test_core import ConstSegmenter, fake_bundle
-from test_scalp_margin import SAMPLE
+from test_scalp_margin import SAMPLE, segment_sample
 
 
 def test_trim_by_hand():
@@ -70,18 +67,12 @@ def test_shipped_bundles_trim_and_segment_records_it(tmp_path):
     whose FLAIR lies below 0.9 times that mask's median."""
     for name in ("tcga-lgg-default", "tcga-lgg-flair"):
         assert Bundle.load(MODELS_DIR / name).inference["flair_trim"] == 0.9
-    case = SAMPLE.name
-    channels = [f"-c{c}={SAMPLE / f'{case}_{c}.nii.gz'}" for c in ("flair", "t1", "t1ce")]
     masks, reports = {}, {}
     for label, extra in (("bundle", []), ("off", ["--flair-trim", "0"])):
-        out = tmp_path / label
-        proc = run_cli("segment", *channels, "--out", out, "--device", "cpu", "--progress", "none", *extra)
-        assert proc.returncode == 0, proc.stderr
-        masks[label] = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{case}_flair_mask.nii.gz"))).astype(bool)
-        reports[label] = json.loads((out / f"{case}_flair_report.json").read_text())
+        _, masks[label], reports[label] = segment_sample(tmp_path / label, *extra)
     assert reports["bundle"]["flair_trim"] == 0.9 and reports["bundle"]["flair_trim_source"] == "bundle"
     assert reports["off"]["flair_trim"] == 0.0 and reports["off"]["flair_trim_source"] == "--flair-trim"
-    flair = normalize_channel(sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE / f"{case}_flair.nii.gz"))))
+    flair = normalize_channel(sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE / f"{SAMPLE.name}_flair.nii.gz"))))
     dim = flair < 0.9 * np.median(flair[masks["off"]])
     assert (masks["off"] & dim).sum() > 1000
     np.testing.assert_array_equal(masks["bundle"], masks["off"] & ~dim)

@@ -5,6 +5,7 @@ margin below the head's outer surface (``preprocess.head_depth``)."""
 from __future__ import annotations
 
 import json
+import subprocess
 
 import numpy as np
 import pytest
@@ -96,22 +97,27 @@ def _read(path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
+def segment_sample(out, *options: str) -> tuple[subprocess.CompletedProcess, np.ndarray, dict]:
+    """``segment`` on the real sample patient (FLAIR, T1, T1ce) into ``out`` with ``options``:
+    the finished process, the mask (bool) and ``report.json``."""
+    case = SAMPLE.name
+    channels = [f"-c{c}={SAMPLE / f'{case}_{c}.nii.gz'}" for c in ("flair", "t1", "t1ce")]
+    proc = run_cli("segment", *channels, "--out", out, "--device", "cpu", "--progress", "none", *options)
+    assert proc.returncode == 0, proc.stderr
+    return (proc, _read(out / f"{case}_flair_mask.nii.gz").astype(bool),
+            json.loads((out / f"{case}_flair_report.json").read_text()))
+
+
 def test_shipped_bundle_keeps_the_sample_mask_off_the_scalp(tmp_path):
     """The shipped TCGA-LGG bundles carry a 12 mm margin: on the sample patient the scalp rim
     the segmenters mark (about 8000 voxels) is gone, and the Dice rises (0.42 -> 0.45)."""
     assert Bundle.load(MODELS_DIR / "tcga-lgg-default").inference["scalp_margin_mm"] == 12.0
     case = SAMPLE.name
-    channels = [f"-c{c}={SAMPLE / f'{case}_{c}.nii.gz'}" for c in ("flair", "t1", "t1ce")]
     masks, reports, summaries = {}, {}, {}
     for label, extra in (("bundle", []), ("off", ["--scalp-margin", "0"])):
-        out = tmp_path / label
         # without the FLAIR trim, whose level depends on the whole mask, the rim is the only difference
-        proc = run_cli("segment", *channels, "--out", out, "--device", "cpu", "--progress", "none",
-                       "--flair-trim", "0", *extra)
-        assert proc.returncode == 0, proc.stderr
+        proc, masks[label], reports[label] = segment_sample(tmp_path / label, "--flair-trim", "0", *extra)
         summaries[label] = proc.stdout
-        masks[label] = _read(out / f"{case}_flair_mask.nii.gz").astype(bool)
-        reports[label] = json.loads((out / f"{case}_flair_report.json").read_text())
     assert reports["bundle"]["scalp_margin_mm"] == 12.0 and reports["bundle"]["scalp_margin_source"] == "bundle"
     assert reports["off"]["scalp_margin_mm"] == 0.0 and reports["off"]["scalp_margin_source"] == "--scalp-margin"
     # the summary tells a user of skull-stripped images how to turn the margin off

@@ -4,8 +4,6 @@ the gate, the fusion weight and the slice's ``p_tumor``."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -16,9 +14,8 @@ from WeakTumorSegLib.fusion import smooth_across_slices
 from WeakTumorSegLib.inference import segment_arrays
 from WeakTumorSegLib.preprocess import normalize_channel
 
-from conftest import run_cli
 from test_core import ConstSegmenter, fake_bundle
-from test_scalp_margin import SAMPLE
+from test_scalp_margin import segment_sample
 
 
 def test_smoothing_by_hand():
@@ -90,13 +87,7 @@ def test_segment_gates_on_the_smoothed_probability():
 def test_shipped_bundles_smooth_and_segment_records_it(tmp_path):
     for name in ("tcga-lgg-default", "tcga-lgg-flair"):
         assert Bundle.load(MODELS_DIR / name).inference["slice_smoothing"] == 0.25
-    case = SAMPLE.name
-    channels = [f"-c{c}={SAMPLE / f'{case}_{c}.nii.gz'}" for c in ("flair", "t1", "t1ce")]
-    reports = {}
-    for label, extra in (("bundle", []), ("off", ["--slice-smoothing", "0"])):
-        out = tmp_path / label
-        proc = run_cli("segment", *channels, "--out", out, "--device", "cpu", "--progress", "none", *extra)
-        assert proc.returncode == 0, proc.stderr
-        reports[label] = json.loads((out / f"{case}_flair_report.json").read_text())
+    reports = {label: segment_sample(tmp_path / label, *extra)[2]
+               for label, extra in (("bundle", []), ("off", ["--slice-smoothing", "0"]))}
     assert reports["bundle"]["slice_smoothing"] == 0.25 and reports["bundle"]["slice_smoothing_source"] == "bundle"
     assert reports["off"]["slice_smoothing"] == 0.0 and reports["off"]["slice_smoothing_source"] == "--slice-smoothing"

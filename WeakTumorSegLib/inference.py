@@ -325,8 +325,8 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
     say("postprocess", 0, 1)
     prob = to_input(tiling.stitch(fused), crop, (ny, nx))
     extra_prob = {name: to_input(tiling.stitch(maps), crop, (ny, nx)) for name, maps in extra_patch_maps.items()}
+    flair_in = stack[:, flair_idx]
     if margin > 0:  # voxels within the scalp margin are never tumour: their probabilities are cleared
-        flair_in = stack[:, flair_idx]
         maps = [prob, *extra_prob.values()]
         ks = np.flatnonzero(np.logical_or.reduce([m.any(axis=(1, 2)) for m in maps]))
         if len(ks):  # only slices with a map need the head (the threshold is the whole volume's)
@@ -334,7 +334,6 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
             for pr in maps:
                 pr[ks] *= inside
     if trim > 0:  # each model's mask loses its voxels that are dim on FLAIR next to its median voxel
-        flair_in = stack[:, flair_idx]
         prob = flair_trim(prob, flair_in, trim, mask_thr)
         extra_prob = {name: flair_trim(pr, flair_in, trim, mask_thr) for name, pr in extra_prob.items()}
     mask = (prob > mask_thr).astype(np.uint8)
