@@ -69,7 +69,7 @@ def test_shipped_bundles_trim_and_segment_records_it(tmp_path):
         assert Bundle.load(MODELS_DIR / name).inference["flair_trim"] == 0.9
     masks, reports = {}, {}
     for label, extra in (("bundle", []), ("off", ["--flair-trim", "0"])):
-        _, masks[label], reports[label] = segment_sample(tmp_path / label, *extra)
+        _, masks[label], reports[label] = segment_sample(tmp_path / label, "--keep-components", "0", *extra)
     assert reports["bundle"]["flair_trim"] == 0.9 and reports["bundle"]["flair_trim_source"] == "bundle"
     assert reports["off"]["flair_trim"] == 0.0 and reports["off"]["flair_trim_source"] == "--flair-trim"
     flair = normalize_channel(sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE / f"{SAMPLE.name}_flair.nii.gz"))))

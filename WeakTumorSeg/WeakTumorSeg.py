@@ -1310,7 +1310,8 @@ class WeakTumorSegLogic(ScriptedLoadableModuleLogic):
         segNode.SetAttribute("WeakTumorSeg.Threshold", str(report.get("threshold", request.get("threshold"))))
         segNode.SetAttribute("WeakTumorSeg.ScalpMargin",
                              str(report.get("scalp_margin_mm", request.get("scalpMargin"))))
-        for attribute, key in (("SliceSmoothing", "slice_smoothing"), ("FlairTrim", "flair_trim")):
+        for attribute, key in (("SliceSmoothing", "slice_smoothing"), ("FlairTrim", "flair_trim"),
+                               ("KeepComponents", "keep_components")):
             segNode.SetAttribute(f"WeakTumorSeg.{attribute}", str(report.get(key, "")))  # the bundle's settings
         self._styleSegments(segNode)
 

@@ -54,6 +54,9 @@ DEFAULT_INFERENCE = {
     # clear mask voxels whose FLAIR is below this fraction of the median FLAIR inside the volume's
     # mask (0: off, as in 000; at most 1; filtering.flair_trim)
     "flair_trim": 0.0,
+    # keep the mask's 3D components of at least this fraction of the largest one's voxels and fill
+    # each slice's holes (0: off, as in 000; at most 1; filtering.keep_components)
+    "keep_components": 0.0,
 }
 
 #: Choices where paper 000 is ambiguous (DESIGN.md), recorded in every bundle.

@@ -24,7 +24,7 @@ from . import __version__
 from .bundle import BUNDLE_FILE, WEIGHT_DTYPES, Bundle, default_bundle_dir
 from .errors import InputError, WeakTumorSegError
 from .fusion import MAX_SLICE_SMOOTHING
-from .inference import (SLICE_COLUMNS, flair_trim_fraction, resolve_device, scalp_margin_mm, segment_arrays,
+from .inference import (SLICE_COLUMNS, component_fraction, flair_trim_fraction, resolve_device, scalp_margin_mm, segment_arrays,
                         slice_smoothing)
 from .io import (NEGATIVE_SEED_COLOR, POSITIVE_SEED_COLOR, SEED_TERMINOLOGY, TUMOR_COLOR, TUMOR_TERMINOLOGY,
                  OutputSet, Segment, image_stem, read_channels, write_csv, write_mask, write_segmentation)
@@ -78,16 +78,19 @@ SMOOTHING_HELP = ("weight W of each neighbouring slice when the classifier's out
 TRIM_HELP = ("clear the mask's voxels whose FLAIR is below F times the median FLAIR inside the volume's mask "
              "(for FLAIR-hyperintense targets); 0 keeps every voxel, as in the paper (default: the bundle's "
              "inference.flair_trim)")
+COMPONENTS_HELP = ("keep only the mask's 3D connected components with at least F times the largest one's voxels, "
+                   "and fill the holes of each axial slice's mask; 0 keeps the mask as it is, as in the paper "
+                   "(default: the bundle's inference.keep_components)")
 SCALP_HELP = ("clear the mask within this many mm of the head's outer surface (scalp and skull); "
               "0 turns it off, as skull-stripped images need (default: the bundle's inference.scalp_margin_mm)")
 
 
 def _inference_settings(bundle: Bundle, args: argparse.Namespace) -> dict:
-    """The scalp margin, slice smoothing and FLAIR trim a command used, each with its source (option
+    """The scalp margin, slice smoothing, FLAIR trim and component filter a command used, each with its source (option
     or bundle), for ``report.json`` and ``metrics.json``."""
     settings = {}
     for name, unit, resolve in (("scalp_margin", "_mm", scalp_margin_mm), ("slice_smoothing", "", slice_smoothing),
-                                ("flair_trim", "", flair_trim_fraction)):
+                                ("flair_trim", "", flair_trim_fraction), ("keep_components", "", component_fraction)):
         given = getattr(args, name)  # the option --<name with dashes>, None when not given
         settings[name + unit] = resolve(bundle, given)
         settings[f"{name}_source"] = "--" + name.replace("_", "-") if given is not None else "bundle"
@@ -147,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--scalp-margin", type=_millimetres_arg, default=None, metavar="MM", help=SCALP_HELP)
     seg.add_argument("--slice-smoothing", type=_smoothing_arg, default=None, metavar="W", help=SMOOTHING_HELP)
     seg.add_argument("--flair-trim", type=_threshold_arg, default=None, metavar="F", help=TRIM_HELP)
+    seg.add_argument("--keep-components", type=_threshold_arg, default=None, metavar="F", help=COMPONENTS_HELP)
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
     _add_run_options(seg, progress_help="bar: progress bars on stderr (default); json: one JSON object per line "
                                         "on stdout (stage, done, total); none: no progress",
@@ -202,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--scalp-margin", type=_millimetres_arg, default=None, metavar="MM", help=SCALP_HELP)
     ev.add_argument("--slice-smoothing", type=_smoothing_arg, default=None, metavar="W", help=SMOOTHING_HELP)
     ev.add_argument("--flair-trim", type=_threshold_arg, default=None, metavar="F", help=TRIM_HELP)
+    ev.add_argument("--keep-components", type=_threshold_arg, default=None, metavar="F", help=COMPONENTS_HELP)
     ev.add_argument("--overwrite", action="store_true", help="replace existing output files")
     _add_run_options(ev, progress_help="bar: progress on stderr (default); json: one JSON object per line on stdout; "
                                        "none", quiet_help="no progress and no summary (errors still shown)")
@@ -268,7 +273,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     options = EvaluateOptions(seeds=not args.no_seeds, seed_masks=args.seed_masks, residual_threshold=threshold,
                               residual_threshold_source=threshold_source, residual_median=median,
                               scalp_margin=args.scalp_margin, smoothing=args.slice_smoothing,
-                              trim=args.flair_trim)
+                              trim=args.flair_trim, components=args.keep_components)
     for msg in notes:
         note(msg)
     bundle.to(device)
@@ -411,7 +416,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     bundle.to(device)
     result = segment_arrays(bundle, volume.channels, device, threshold=args.threshold, seeds=args.seeds,
                             seed_masks=args.seed_masks, progress=progress, spacing=volume.geometry.inplane_spacing,
-                            scalp_margin=args.scalp_margin, smoothing=args.slice_smoothing, trim=args.flair_trim)
+                            scalp_margin=args.scalp_margin, smoothing=args.slice_smoothing, trim=args.flair_trim,
+                            components=args.keep_components)
 
     progress("write", 0, len(outputs))
     t = time.perf_counter()

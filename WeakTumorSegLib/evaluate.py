@@ -307,6 +307,8 @@ class EvaluateOptions:
     smoothing: float | None = None
     #: overrides the bundle's ``inference.flair_trim`` (None: the bundle's)
     trim: float | None = None
+    #: overrides the bundle's ``inference.keep_components`` (None: the bundle's)
+    components: float | None = None
 
 
 @dataclass
@@ -359,7 +361,8 @@ def evaluate_case(bundle: Bundle, case: Case, device: torch.device | str, option
         extra.append(EXTRA_HEALTHY)
     result = segment_arrays(bundle, volume.channels, device, seeds=options.seeds, seed_masks=options.seed_masks,
                             progress=progress, extra=extra, spacing=volume.geometry.inplane_spacing,
-                            scalp_margin=options.scalp_margin, smoothing=options.smoothing, trim=options.trim)
+                            scalp_margin=options.scalp_margin, smoothing=options.smoothing, trim=options.trim,
+                            components=options.components)
     masks: dict[str, np.ndarray] = {"fused": result.mask}
     for key in ("s0", "s_os", "s_us", "seed_only"):
         if have[key]:
@@ -610,6 +613,10 @@ def tables_markdown(metrics: Mapping) -> str:
             out += ["", (f"FLAIR trim {cfg['flair_trim']:g} ({cfg['flair_trim_source']}): every segmenter's mask "
                          f"loses its voxels whose FLAIR is below {cfg['flair_trim']:g} times the median FLAIR "
                          "inside that mask.")]
+        if table == "4" and cfg.get("keep_components"):
+            out += ["", (f"Components {cfg['keep_components']:g} ({cfg['keep_components_source']}): every segmenter's "
+                         f"mask keeps its 3D connected components of at least {cfg['keep_components']:g} times the "
+                         "largest one's voxels, each slice's holes filled.")]
         if table == "5" and seg["residual"]["available"]:
             res = cfg["residual"]
             out += ["", (f"Residual threshold {res['threshold']:g} ({res['threshold_source']}), "

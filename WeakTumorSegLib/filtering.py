@@ -14,11 +14,17 @@ mask's voxels that are much darker on FLAIR than the mask's typical voxel. The s
 from RISE's seeds, which are about a mask cell wide, and their masks spread over the tissue
 around a small tumour; for a target that is FLAIR-hyperintense by definition (glioma, oedema)
 that tissue is the mask's dim part.
+
+Not in 000, off unless a bundle sets ``inference.keep_components``: :func:`keep_components`
+keeps the mask's large 3D connected components and fills their holes slice by slice. A glioma is
+one lesion, while the segmenters also mark small bright spots elsewhere; and the FLAIR trim
+leaves holes where the tumour is less bright than its median.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 REASON_LOW_DIFFERENCE = "low_difference_score"
 REASON_UNDECIDED = "classifier_undecided"
@@ -50,6 +56,25 @@ def flair_trim(probability: np.ndarray, flair: np.ndarray, fraction: float, thre
     out = probability.copy()
     out[mask & (flair < level)] = 0.0
     return out
+
+
+def keep_components(mask: np.ndarray, fraction: float) -> np.ndarray:
+    """The binary ``(slice, row, column)`` ``mask`` reduced to its 3D connected components (26-connected)
+    with at least ``fraction`` times the largest component's voxels, the holes of each axial slice
+    then filled. ``fraction`` 0 returns the input unchanged; otherwise a new boolean array.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"component fraction must lie in [0, 1], got {fraction}")
+    if fraction == 0.0:
+        return mask
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    if n == 0:
+        return labels > 0
+    sizes = np.bincount(labels.ravel())[1:]
+    kept = np.concatenate([[False], sizes >= fraction * sizes.max()])[labels]
+    for k in np.flatnonzero(kept.any(axis=(1, 2))):
+        kept[k] = ndimage.binary_fill_holes(kept[k])
+    return kept
 
 
 def difference_scores(flair: np.ndarray, healthy: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -15,7 +15,9 @@ This follows 000 sections 2.4, 2.5 and 3 on whole slices:
    closer than that to the head's outer surface (:func:`~.preprocess.head_depth`) are cleared,
    which keeps masks off the bright scalp fat of images that are not skull-stripped; with
    ``inference.flair_trim`` (not in 000) each mask then loses its voxels that are dim on FLAIR
-   next to the mask's median voxel (:func:`~.filtering.flair_trim`);
+   next to the mask's median voxel (:func:`~.filtering.flair_trim`); with
+   ``inference.keep_components`` (not in 000) each mask keeps only its large 3D connected
+   components, their holes filled slice by slice (:func:`~.filtering.keep_components`);
 5. the converter U turns the FLAIR channel of the gated patches into its healthy variant; the
    difference |x - x_hat| is measured on the working grid, mapped back, and averaged over each
    slice's mask (Eq. 19) to flag low-confidence slices (:mod:`.filtering`);
@@ -43,7 +45,7 @@ import torch
 
 from .bundle import Bundle
 from .errors import BundleError
-from .filtering import flag_slices, flair_trim, mean_in_mask
+from .filtering import flag_slices, flair_trim, keep_components, mean_in_mask
 from .fusion import MAX_SLICE_SMOOTHING, fuse, smooth_across_slices
 from .preprocess import brain_bbox, head_depth, head_level, normalize_channels, plan_crop, to_input, to_working
 from .seeds import RiseConfig, classifier_rise, extend_negative_seeds, gate_positive_seeds, normalize_maps
@@ -90,6 +92,8 @@ class SegmentationResult:
     slice_smoothing: float = 0.0
     #: The FLAIR trim fraction applied (0: none).
     flair_trim: float = 0.0
+    #: The component fraction applied (0: none); ``probability`` is the map before this step.
+    keep_components: float = 0.0
 
     @property
     def tumor_pixels(self) -> np.ndarray:
@@ -130,6 +134,12 @@ def flair_trim_fraction(bundle: Bundle, override: float | None = None) -> float:
     return _optional_setting(bundle, "flair_trim", override, 1.0)
 
 
+def component_fraction(bundle: Bundle, override: float | None = None) -> float:
+    """The fraction of the largest component a mask's component needs to be kept: ``override`` if
+    given, else the bundle's ``keep_components`` (0 when it has none)."""
+    return _optional_setting(bundle, "keep_components", override, 1.0)
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when available; ``cuda`` without a GPU is an error."""
     if name == "auto":
@@ -160,7 +170,8 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
                    threshold: float | None = None, seeds: bool = False, seed_masks: int | None = None,
                    progress: ProgressFn | None = None, extra: Sequence[str] = (),
                    spacing: Sequence[float] = (1.0, 1.0), scalp_margin: float | None = None,
-                   smoothing: float | None = None, trim: float | None = None) -> SegmentationResult:
+                   smoothing: float | None = None, trim: float | None = None,
+                   components: float | None = None) -> SegmentationResult:
     """Segment one volume given as ``{channel name: (slice, row, column) array}``.
 
     Channels the bundle does not use are ignored; a missing one raises :class:`BundleError`.
@@ -168,7 +179,8 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
     (``seed_masks`` overrides the bundle's number of RISE masks). ``spacing`` is the in-plane
     (row, column) voxel size in mm; ``scalp_margin`` overrides the bundle's
     ``scalp_margin_mm`` (0 turns it off, as skull-stripped images need); ``smoothing`` overrides
-    its ``slice_smoothing`` and ``trim`` its ``flair_trim`` (0 turns either off).
+    its ``slice_smoothing``, ``trim`` its ``flair_trim`` and ``components`` its
+    ``keep_components`` (0 turns any of them off).
 
     ``extra`` (for evaluation) names further outputs: a segmenter among ``bundle.models`` (e.g.
     ``segmenter_us``, ``segmenter_os``, ``segmenter0``, ``baseline_seed_only``) fills
@@ -197,6 +209,7 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
     margin = scalp_margin_mm(bundle, scalp_margin)
     smooth = slice_smoothing(bundle, smoothing)
     trim = flair_trim_fraction(bundle, trim)
+    components = component_fraction(bundle, components)
     pp, patch = bundle.preprocessing, bundle.patch_size
     flair_idx = bundle.channels.index(bundle.flair_channel)
     models = bundle.models
@@ -336,14 +349,15 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
     if trim > 0:  # each model's mask loses its voxels that are dim on FLAIR next to its median voxel
         prob = flair_trim(prob, flair_in, trim, mask_thr)
         extra_prob = {name: flair_trim(pr, flair_in, trim, mask_thr) for name, pr in extra_prob.items()}
-    mask = (prob > mask_thr).astype(np.uint8)
+    mask = keep_components(prob > mask_thr, components).astype(np.uint8)
     x_work = work[:, flair_idx]
     healthy_work = tiling.stitch(healthy, weights=gate_w, fill=x_work)
     diff = to_input(np.abs(x_work - healthy_work), crop, (ny, nx))
     scores = mean_in_mask(diff, mask)
     p_slice = p.reshape(z, tiling.per_slice).max(axis=1)
     flagged, reasons = flag_slices(mask.sum(axis=(1, 2)), scores, p_slice, thr, float(inf["undecided_margin"]), gate)
-    extra_masks = {name: (pr > mask_thr).astype(np.uint8) for name, pr in extra_prob.items()}
+    extra_masks = {name: keep_components(pr > mask_thr, components).astype(np.uint8)
+                   for name, pr in extra_prob.items()}
     flair01 = healthy01 = None
     if want_healthy:
         # the residual is taken on the working grid and mapped back (like the difference score),
@@ -359,4 +373,5 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
               "gated_patches": int(len(gated)), "tumor_slices": int((mask.sum(axis=(1, 2)) > 0).sum()),
               "tumor_voxels": int(mask.sum()), "flagged_slices": int(flagged.sum())}
     return SegmentationResult(mask, prob, p_slice, scores, flagged, reasons, thr, pos_seeds, neg_seeds, timings,
-                              counts, extra_masks, extra_prob, healthy01, flair01, margin, smooth, trim)
+                              counts, extra_masks, extra_prob, healthy01, flair01, margin, smooth, trim,
+                              components)

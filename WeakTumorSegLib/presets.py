@@ -62,7 +62,11 @@ _PAPER = {
                   "slice_smoothing": 0.0,
                   # mask voxels darker on FLAIR than this fraction of the mask's median FLAIR are
                   # cleared (filtering.flair_trim; not in 000; 0 = off; 0.9 in the shipped TCGA-LGG bundles)
-                  "flair_trim": 0.0},
+                  "flair_trim": 0.0,
+                  # a mask keeps its 3D components of at least this fraction of the largest one's voxels,
+                  # holes filled per slice (filtering.keep_components; not in 000; 0 = off; 0.5 in the
+                  # shipped TCGA-LGG bundles)
+                  "keep_components": 0.0},
 }
 
 
