@@ -349,15 +349,18 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
     if trim > 0:  # each model's mask loses its voxels that are dim on FLAIR next to its median voxel
         prob = flair_trim(prob, flair_in, trim, mask_thr)
         extra_prob = {name: flair_trim(pr, flair_in, trim, mask_thr) for name, pr in extra_prob.items()}
-    mask = keep_components(prob > mask_thr, components).astype(np.uint8)
+
+    def binarise(pr: np.ndarray) -> np.ndarray:
+        return keep_components(pr > mask_thr, components).astype(np.uint8)
+
+    mask = binarise(prob)
     x_work = work[:, flair_idx]
     healthy_work = tiling.stitch(healthy, weights=gate_w, fill=x_work)
     diff = to_input(np.abs(x_work - healthy_work), crop, (ny, nx))
     scores = mean_in_mask(diff, mask)
     p_slice = p.reshape(z, tiling.per_slice).max(axis=1)
     flagged, reasons = flag_slices(mask.sum(axis=(1, 2)), scores, p_slice, thr, float(inf["undecided_margin"]), gate)
-    extra_masks = {name: keep_components(pr > mask_thr, components).astype(np.uint8)
-                   for name, pr in extra_prob.items()}
+    extra_masks = {name: binarise(pr) for name, pr in extra_prob.items()}
     flair01 = healthy01 = None
     if want_healthy:
         # the residual is taken on the working grid and mapped back (like the difference score),

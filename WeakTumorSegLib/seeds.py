@@ -120,14 +120,13 @@ def _masked_scorer(predict: Callable[[torch.Tensor], torch.Tensor],
         yield lambda masks: torch.stack([predict(images[i:i + 1] * masks) for i in range(n)])
         return
 
-    def chunk(unit: tuple[int, int, torch.Tensor]) -> torch.Tensor:
-        i, start, masks = unit
-        with torch.inference_mode():
-            return predict(images[i:i + 1] * masks[start:start + CPU_CHUNK])
-
     def score(masks: torch.Tensor, run: Callable = map) -> torch.Tensor:
-        starts = range(0, len(masks), CPU_CHUNK)
-        parts = list(run(chunk, [(i, s, masks) for i in range(n) for s in starts]))
+        def chunk(unit: tuple[int, int]) -> torch.Tensor:
+            i, start = unit
+            with torch.inference_mode():
+                return predict(images[i:i + 1] * masks[start:start + CPU_CHUNK])
+
+        parts = list(run(chunk, [(i, s) for i in range(n) for s in range(0, len(masks), CPU_CHUNK)]))
         return torch.cat(parts).reshape(n, len(masks))
 
     threads = torch.get_num_threads()
