@@ -533,6 +533,27 @@ def test_collapsed_segmenter_is_reported(zeta, collapsed, cohort, train_config, 
         assert recall > 0.5 and not warned, (recall, warned)
 
 
+def test_failed_run_is_reported():
+    """The records of a real failed TCGA-LGG run (30 patients: positive seeds 5 % inside the
+    tumours, fused validation Dice 0.06 on tumour slices) give one warning per sign, each naming the
+    stage and the measured value; a working run's records (0.71, 0.45) and a label-only cohort's
+    (no overlap, no Dice) give none."""
+    from WeakTumorSegLib.train import training_warnings
+
+    failed = training_warnings({"seeds": {"seed_overlap_positive": 0.047},
+                                "segmenter0": {"positive_seed_recall": 0.97}},
+                               {"dice_fused_tumour_slices": 0.061})
+    assert len(failed) == 2, failed
+    assert failed[0].startswith("seeds:") and "5%" in failed[0]
+    assert failed[1].startswith("validation:") and "0.06" in failed[1]
+    collapsed = training_warnings({"segmenter_os": {"positive_seed_recall": 0.01}})
+    assert len(collapsed) == 1 and collapsed[0].startswith("segmenter_os:") and "segmenter.zeta" in collapsed[0]
+    assert training_warnings({"seeds": {"seed_overlap_positive": 0.71}, "segmenter_us": {"positive_seed_recall": 0.9}},
+                             {"dice_fused_tumour_slices": 0.45}) == []
+    assert training_warnings({"seeds": {"tumour_slices": 40}, "segmenter0": {"positive_seed_recall": None}},
+                             {"dice_fused_tumour_slices": float("nan")}) == []
+
+
 # ---------------------------------------------------------------------------------------------
 # 7. resolve_config
 

@@ -80,6 +80,11 @@ def test_segmenters_did_not_collapse(trained):
     assert min(recall.values()) > 0.5, recall
 
 
+def test_sound_run_reports_no_failure(trained):
+    """A run that works (the checks above) carries no training warning in its bundle."""
+    assert trained["bundle"]["training"]["warnings"] == []
+
+
 def test_converter_changes_the_tumour_more_than_the_rest(trained):
     """U turns tumour slices into healthy-looking ones: mean |x - U(x)| inside the tumour against
     outside it, on the validation phantoms of the split. Measured 2.77 on this cohort (2.59 with

@@ -13,6 +13,11 @@ Stages, each writing into ``<run>/stages/<stage>/`` and marked complete by ``don
 7. ``segmenter_us``- S_US on X_C,r + X_NC, and 8. ``segmenter_os`` - S_OS on X_C,r only (2.4);
 9. ``bundle``      - the inference bundle with the training summary and validation metrics.
 
+Signs of a failed run are reported as warnings, logged when seen, repeated after the stage times
+and kept in ``bundle.json`` under ``training.warnings`` (:func:`training_warnings`): a segmenter
+that collapsed to empty masks and, when the cohort has masks, positive seeds mostly outside the
+tumours or a fused model that misses the validation tumours.
+
 Every epoch ends with an atomic checkpoint (models, optimizers, schedulers, RNG state; no
 pickle), so ``--resume`` continues a killed run at the last finished epoch and never retrains a
 completed stage. Per-epoch losses and validation metrics go to ``<stage>/log.csv``.
@@ -59,6 +64,15 @@ STAGES = ("classifier", "seeds", "gan", "converter", "segmenter0", "refine", "se
           "segmenter_seed_only", "bundle")
 #: below this share of its positive seeds covered, a segmenter is reported as collapsed
 COLLAPSE_RECALL = 0.05
+SEGMENTER_STAGES = ("segmenter0", "segmenter_us", "segmenter_os", "segmenter_seed_only")
+#: a run whose positive seeds lie less than this much inside the tumour masks (000 section 4.1
+#: seed overlap on X_C) learnt its seeds away from the tumour (working TCGA-LGG runs: 0.23-0.71,
+#: phantom runs above 0.8; a failed run: 0.05)
+MIN_SEED_OVERLAP = 0.15
+#: a run whose fused model scores below this Dice on the validation tumour slices (patch level)
+#: segments little of any tumour (working TCGA-LGG runs: 0.22-0.46, phantoms about 0.7; a failed
+#: run: 0.06)
+MIN_VALIDATION_DICE = 0.15
 
 Log = Callable[[str], None]
 Progress = Callable[[str, int, int], None]
@@ -153,6 +167,7 @@ class TrainingRun:
         self.progress = progress if (progress and self.dist.main) else (lambda *a: None)
         self.seed = int(self.config.get("seed", 0))
         self.timings: dict[str, float] = {}
+        self.warnings: list[str] = []  # signs of a failed run (training_warnings), set by the bundle stage
         self._resumed: dict[str, float] = {}  # seconds a stage ran before a resume
         self.channels = list(self.config["channels"])
         self.flair = self.channels.index(self.config.get("flair_channel", "flair"))
@@ -416,6 +431,8 @@ class TrainingRun:
                 pos[xc].numpy(), neg[xc].numpy(), truth)
             self.log(f"seeds: overlap metric on X_C: positive {info['seed_overlap_positive']:.3f}, "
                      f"negative {info['seed_overlap_negative']:.3f}")
+        for line in training_warnings({"seeds": info}):
+            self.log("WARNING " + line)
         self._finish("seeds", t0, info, tensors={"p": p, "pos": pos, "neg": neg})
         return self._outputs("seeds")
 
@@ -618,13 +635,11 @@ class TrainingRun:
         history = self._epochs(stage, {stage: model}, {stage: opt}, {"step": sched}, epochs, len(sel),
                                int(c["batch"]), step, validate)
         recalibrate_batchnorm(model, xs, int(c["batch"]), self.device)
-        recall = self._positive_seed_recall(model, xs, ps)
-        if recall is not None and recall < COLLAPSE_RECALL:
-            self.log(f"WARNING {stage}: the mask covers {100 * recall:.1f} % of the positive seeds of its training "
-                     f"images (the output stays below 0.5 there); the size prior may be too strong for this "
-                     f"cohort: lower segmenter.zeta (now {zeta:g})")
-        self._finish(stage, t0, {"training_images": len(sel), "positive_seed_recall": recall,
-                                 "last": history[-1] if history else {}}, {stage: model})
+        info = {"training_images": len(sel), "positive_seed_recall": self._positive_seed_recall(model, xs, ps),
+                "last": history[-1] if history else {}}
+        for line in training_warnings({stage: info}):
+            self.log(f"WARNING {line} (now {zeta:g})")
+        self._finish(stage, t0, info, {stage: model})
         return model.eval()
 
     def _positive_seed_recall(self, model: nn.Module, x: torch.Tensor, pos: torch.Tensor,
@@ -693,6 +708,7 @@ class TrainingRun:
         rise = {k: v for k, v in cfg["rise"].items() if k != "chunk"}
         stage_info = {s: json.loads((self.stage_dir(s) / "done.json").read_text())
                       for s in STAGES[:-1] if self.is_done(s)}
+        self.warnings = training_warnings(stage_info, metrics)
         bundle_cfg = {
             "name": self.out.name,
             "description": f"Trained with preset '{cfg.get('preset')}' on {self.data_path.name} from slice labels only.",
@@ -704,7 +720,8 @@ class TrainingRun:
                                     "val": len(self.val.label), "val_tumour": int(self.val.label.sum())},
                          "stage_seconds": {s: round(self.timings.get(s, 0.0), 1) for s in STAGES[:-1]
                                            if s in self.timings},  # stages a preset turns off are absent
-                         "stages": stage_info, "world_size": self.dist.world},
+                         "stages": stage_info, "world_size": self.dist.world,
+                         "warnings": self.warnings},
             "metrics": metrics,
         }
         residual = self.residual_baseline(models["converter"])
@@ -785,8 +802,34 @@ class TrainingRun:
                 seed_only=True)
         path = self.stage_bundle(models)
         self.log("stage times: " + ", ".join(f"{s} {self.timings[s]:.0f} s" for s in STAGES if s in self.timings))
+        for line in self.warnings:
+            self.log("WARNING " + line)
         self.log(f"bundle written to {path} ({time.perf_counter() - t_all:.0f} s this session)")
         return path
+
+
+def training_warnings(stages: Mapping[str, Mapping], metrics: Mapping | None = None) -> list[str]:
+    """One line per sign that a run failed, from the stages' ``done.json`` records and the
+    bundle's validation ``metrics``: a segmenter that collapsed to empty masks; with masks, positive
+    seeds away from the tumours and a fused model that misses the validation tumours. Empty when
+    the run looks sound (a label-only cohort can only show the first)."""
+    out = []
+    for stage in SEGMENTER_STAGES:
+        recall = (stages.get(stage) or {}).get("positive_seed_recall")
+        if recall is not None and recall < COLLAPSE_RECALL:
+            out.append(f"{stage}: the mask covers {100 * recall:.1f} % of the positive seeds of its training images "
+                       "(the output stays below 0.5 there); the size prior may be too strong for this cohort: "
+                       "lower segmenter.zeta")
+    overlap = (stages.get("seeds") or {}).get("seed_overlap_positive")
+    if overlap is not None and overlap < MIN_SEED_OVERLAP:
+        out.append(f"seeds: only {overlap:.0%} of the positive seeds lie inside the tumour masks (expected at "
+                   f"least {MIN_SEED_OVERLAP:.0%}): the classifier's explanations miss the tumours and the "
+                   "segmenters learn from them; train again with another 'seed' in --config or with more patients")
+    dice = (metrics or {}).get("dice_fused_tumour_slices")
+    if dice is not None and math.isfinite(dice) and dice < MIN_VALIDATION_DICE:
+        out.append(f"validation: the fused model's Dice on the validation tumour slices is {dice:.2f} (expected at "
+                   f"least {MIN_VALIDATION_DICE:.2f}): this bundle segments little of any tumour")
+    return out
 
 
 def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch: int, device: torch.device) -> None:
