@@ -323,3 +323,18 @@ def test_closed_stdout_pipe_stops_quietly(tmp_path, tiny_bundle, phantom_case):
     assert proc.wait(timeout=300) == 141, stderr
     assert stderr == ""
     assert (out / f"{STEM}_mask.nii.gz").is_file() and (out / f"{STEM}_report.json").is_file()
+
+
+def test_bundle_from_a_failed_training_is_pointed_out(tmp_path, phantom_case):
+    """A bundle whose training run recorded warnings (training.warnings in bundle.json) still
+    segments, and segment says once, on stderr, that it may not work and why."""
+    from conftest import run_cli, save_tiny_bundle
+
+    warning = "seeds: only 5% of the positive seeds lie inside the tumour masks"
+    bundle = save_tiny_bundle(tmp_path / "failed", training={"warnings": [warning]})
+    out = tmp_path / "o"
+    proc = run_cli("segment", *channel_args(phantom_case), "--bundle", bundle, "--out", out, "--progress", "none")
+    assert proc.returncode == 0, _describe(proc)
+    said = [ln for ln in stderr_lines(proc) if "may not work" in ln]
+    assert len(said) == 1 and warning in said[0] and "tiny-test" in said[0], _describe(proc)
+    assert (out / f"{STEM}_mask.nii.gz").is_file()

@@ -197,6 +197,18 @@ def test_bundle_info_reads_the_scalp_margin(tmp_path):
             W.readBundleInfo(bundle_with(bad))
 
 
+def test_bundle_info_reads_training_warnings(tmp_path):
+    """The warnings a training run recorded reach the module (the widget shows them next to the
+    bundle's name); the shipped bundles and a bundle without the record have none."""
+    assert W.readBundleInfo(W.defaultBundlePath()).trainingWarnings == ()
+    assert W.readBundleInfo(STANDIN_BUNDLE).trainingWarnings == ()
+    folder = tmp_path / "failed"
+    folder.mkdir()
+    warning = "validation: the fused model's Dice on the validation tumour slices is 0.06"
+    (folder / "bundle.json").write_text(json.dumps({"channels": ["flair"], "training": {"warnings": [warning]}}))
+    assert W.readBundleInfo(folder).trainingWarnings == (warning,)
+
+
 def test_write_volume_keeps_oblique_anisotropic_geometry(tmp_path, small_phantom):
     scene = new_scene()
     volume = add_volume(scene, "flair", small_phantom.channels["flair"])

@@ -248,6 +248,8 @@ class BundleInfo:
     threshold: float
     description: str
     scalpMargin: float = 0.0
+    #: signs that the bundle's training run failed (``training.warnings``; empty for a sound run)
+    trainingWarnings: tuple[str, ...] = ()
 
 
 def readBundleInfo(path: str | os.PathLike) -> BundleInfo:
@@ -276,8 +278,9 @@ def readBundleInfo(path: str | os.PathLike) -> BundleInfo:
         scalpMargin = float("nan")
     if not 0.0 <= scalpMargin < CORE_MAX_SCALP_MARGIN:
         raise SegmentationError(f"{config_path}: inference.scalp_margin_mm is not a number of mm in [0, 1000)")
+    warnings = tuple(str(w) for w in ((config.get("training") or {}).get("warnings") or ()))
     return BundleInfo(folder, str(config.get("name") or folder.name), channels, reference, threshold,
-                      str(config.get("description") or ""), scalpMargin)
+                      str(config.get("description") or ""), scalpMargin, warnings)
 
 
 def _defaultBundleScalpMargin() -> float:
@@ -737,6 +740,9 @@ class WeakTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.bundleInfoLabel.text = _("Bundle '{name}': channels {channels}").format(
                     name=self._bundle.name, channels=", ".join(self._bundle.channels))
                 self.ui.bundleInfoLabel.toolTip = self._bundle.description
+                if self._bundle.trainingWarnings:  # a run can finish and still have failed
+                    self.ui.bundleInfoLabel.text += " " + _("(may not work: its training warned)")
+                    self.ui.bundleInfoLabel.toolTip = "\n".join(self._bundle.trainingWarnings)
                 if self._parameterNode and previous is not None and previous.path != self._bundle.path:
                     self._parameterNode.threshold = self._bundle.threshold  # a new bundle brings its own default
                     self._parameterNode.scalpMargin = min(self._bundle.scalpMargin, MAX_SCALP_MARGIN)

@@ -140,6 +140,12 @@ class Bundle:
         return int(self.config.get("patch_size", 128))
 
     @property
+    def training_warnings(self) -> list[str]:
+        """Signs that the training run failed, as recorded by ``train`` in ``training.warnings``
+        (empty for a sound run or a bundle without that record)."""
+        return [str(w) for w in (self.config.get("training") or {}).get("warnings") or []]
+
+    @property
     def preprocessing(self) -> PreprocessConfig:
         return PreprocessConfig.from_dict(self.config.get("preprocessing", {}))
 

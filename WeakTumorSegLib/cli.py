@@ -14,7 +14,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -245,6 +245,13 @@ def cmd_pack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn_training(bundle: Bundle, note: Callable[[str], None]) -> None:
+    """Repeat the warnings its training run recorded about a bundle (a failed run may still have
+    written one)."""
+    for line in bundle.training_warnings:
+        note(f"bundle '{bundle.name}' may not work: its training warned: {line}")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .dataset import discover
     from .evaluate import (OUTPUTS, EvaluateOptions, build_metrics, load_evaluation_bundle, require_masks,
@@ -261,6 +268,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             if (args.out / fname).exists():
                 raise UsageError("output already exists; pass --overwrite to replace it", args.out / fname)
     bundle = load_evaluation_bundle(args.bundle if args.bundle is not None else default_bundle_dir())
+    _warn_training(bundle, note)
     if not args.data.exists():
         raise InputError("data path does not exist", args.data)
     cases = discover(args.data, bundle.channels)
@@ -389,6 +397,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     bundle = Bundle.load(bundle_dir)
     t_load = time.perf_counter() - t
+    _warn_training(bundle, note)
     paths, notes = _match_channels(args.channel, bundle)
     name = args.name or image_stem(args.channel[0][1])
     if not name or "/" in name or name.startswith("."):
