@@ -66,11 +66,11 @@ STAGES = ("classifier", "seeds", "gan", "converter", "segmenter0", "refine", "se
 COLLAPSE_RECALL = 0.05
 SEGMENTER_STAGES = ("segmenter0", "segmenter_us", "segmenter_os", "segmenter_seed_only")
 #: a run whose positive seeds lie less than this much inside the tumour masks (000 section 4.1
-#: seed overlap on X_C) learnt its seeds away from the tumour (working TCGA-LGG runs: 0.23-0.71,
+#: seed overlap on X_C) learnt its seeds away from the tumour (working TCGA-LGG runs: 0.23-0.80,
 #: phantom runs above 0.8; a failed run: 0.05)
 MIN_SEED_OVERLAP = 0.15
 #: a run whose fused model scores below this Dice on the validation tumour slices (patch level)
-#: segments little of any tumour (working TCGA-LGG runs: 0.22-0.46, phantoms about 0.7; a failed
+#: segments little of any tumour (working TCGA-LGG runs: 0.22-0.53, phantoms about 0.7; a failed
 #: run: 0.06)
 MIN_VALIDATION_DICE = 0.15
 
