@@ -63,13 +63,12 @@ def test_seeds_land_on_and_off_the_tumour(trained):
 
 def test_fused_mask_covers_unseen_tumours(trained):
     fused = trained["eval"]["segmentation"]["fused"]
-    # measured on these 8 unseen phantoms: 0.69 per tumour slice and 0.72 per volume (1 thread, as
-    # here) and 0.73 / 0.76 (2 threads); other cohorts 0.76 / 0.79. Rounding differences (thread
-    # count, CPU) move the result by a few hundredths (four of these phantoms gave 0.65 once), so the
-    # margin is wide, while a collapsed segmenter (0.04 once, 0.0 when the size prior is too strong)
-    # still fails
-    assert fused["per_slice_tumour"] >= 0.65, fused
-    assert fused["per_volume_3d"] >= 0.65, fused
+    # the issue's target is 0.7 on tumour slices. Measured on these 8 unseen phantoms: 0.90 per tumour
+    # slice and 0.91 per volume (0.90 / 0.92 with seed 1; another twelve-phantom cohort 0.88 / 0.88).
+    # Without the FLAIR seed gates it was 0.70-0.73, the masks spreading over the ring around the
+    # tumour; a collapsed segmenter (0.04 once, 0.0 when the size prior is too strong) fails
+    assert fused["per_slice_tumour"] >= 0.7, fused
+    assert fused["per_volume_3d"] >= 0.7, fused
 
 
 def test_segmenters_did_not_collapse(trained):
@@ -87,9 +86,10 @@ def test_sound_run_reports_no_failure(trained):
 
 def test_converter_changes_the_tumour_more_than_the_rest(trained):
     """U turns tumour slices into healthy-looking ones: mean |x - U(x)| inside the tumour against
-    outside it, on the validation phantoms of the split. Measured 2.77 on this cohort (2.59 with
-    alpha 10) and 3.19 on another twelve phantoms; the issue's target of 3 is not reached on every
-    cohort. A converter that copies its input, or rewrites everything, scores near 1."""
-    conv = trained["bundle"]["training"]["stages"]["converter"]["last"]
+    outside it (the head), on the validation phantoms of the split, with the weights the bundle
+    keeps. Measured 2.94 on this cohort (2.81 with seed 1) and 3.33 on another twelve phantoms; the
+    issue's target of 3 is not reached on every cohort. A converter that copies its input, or
+    rewrites everything, scores near 1."""
+    conv = trained["bundle"]["training"]["stages"]["converter"]["final"]
     assert conv["val_change_ratio"] >= 2.5, conv
     assert trained["bundle"]["models"]["converter"]["kwargs"]["skips"] == 4

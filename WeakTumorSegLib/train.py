@@ -541,8 +541,9 @@ class TrainingRun:
         history = self._epochs("converter", {"converter": unet, "discriminator": disc}, {"u": opt_u, "d": opt_d},
                                scheds, int(c["epochs"]), len(xin), int(c["batch"]), step, validate)
         recalibrate_batchnorm(unet, xin, int(c["batch"]), self.device)
+        # "last": the last epoch's row; "final": the validation metrics of the weights that are kept
         self._finish("converter", t0, {"training_images": len(xin), "x_c": int(xc.sum()),
-                                       "last": history[-1] if history else {}},
+                                       "last": history[-1] if history else {}, "final": validate()},
                      {"converter": unet, "discriminator": disc})
         return unet.eval()
 
