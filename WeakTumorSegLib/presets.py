@@ -108,7 +108,7 @@ PRESETS: dict[str, dict] = {
                  "negative_flair_quantile": 0.7},
         "gan": {"width": 6, "latent": 32, "epochs": 8, "batch": 16, "halve_every": 6},
         # no 64-pixel skip: U cannot copy the small phantom tumours through at full detail (change
-        # inside / outside the tumour 2.8-3.2 against 2.2-2.6 with all five; fused Dice 0.79 vs 0.77);
+        # inside / outside the tumour 2.8-3.2 against 2.0-2.6 with all five; fused Dice 0.79 vs 0.77);
         # alpha 50, 000's pLGG value: tighter reconstruction off the tumour (ratio 2.9 -> 3.2)
         "converter": {"epochs": 20, "batch": 16, "halve_every": 6, "lr": 1e-3, "skips": 4, "alpha": 50.0},
         # zeta: the size prior is data-dependent (000 uses 0.25 / 0.2); 2.0 keeps S0 from spreading
