@@ -81,6 +81,10 @@ def _merge(base: dict, override: Mapping) -> dict:
     return out
 
 
+# FLAIR seed gates (not in 000) of the default and tiny presets: S+ keeps the bright core of RISE's
+# blob (on TCGA-LGG the share of S+ inside the tumour rose from 0.39 to 0.71) and dark tissue joins S-
+_FLAIR_GATES = {"positive_flair_quantile": 0.9, "negative_flair_quantile": 0.7}
+
 PRESETS: dict[str, dict] = {
     "paper": _PAPER,
     # compact widths and short schedules: the whole pipeline on ~40 patients on 2 CPU cores
@@ -88,10 +92,7 @@ PRESETS: dict[str, dict] = {
         # no x2 upsampling (the paper preset keeps it): it quadruples the cost of C and of RISE
         "classifier": {"architecture": "compact_classifier", "kwargs": {"width": 8, "blocks": 5, "upsample": 1.0},
                        "epochs": 12, "lr": 1e-3, "weight_decay": 1e-4, "plateau_patience": 2},
-        # FLAIR gates (not in 000): S+ keeps the bright core of RISE's blob (on TCGA-LGG the share
-        # of S+ inside the tumour rose from 0.39 to 0.71) and dark tissue joins S-
-        "rise": {"n_masks": 200, "cells": 8, "batch": 100, "positive_flair_quantile": 0.9,
-                 "negative_flair_quantile": 0.7},
+        "rise": {"n_masks": 200, "cells": 8, "batch": 100, **_FLAIR_GATES},
         "gan": {"width": 12, "epochs": 15, "halve_every": 10},
         "converter": {"epochs": 12, "halve_every": 8},
         # zeta 1: with 0.25 S0 covered ~4x the tumour area on TCGA-LGG (the paper varies zeta by data set)
@@ -102,10 +103,9 @@ PRESETS: dict[str, dict] = {
     "tiny": _merge(_PAPER, {
         "classifier": {"architecture": "compact_classifier", "kwargs": {"width": 6, "blocks": 4, "upsample": 1.0},
                        "epochs": 10, "batch": 16, "lr": 2e-3, "weight_decay": 1e-4, "plateau_patience": 3},
-        # the default preset's FLAIR seed gates: on phantoms fused Dice 0.70-0.73 -> 0.88-0.90 on
-        # unseen tumour slices (masks had spread over the undecided ring, 1.3-1.8 times too large)
-        "rise": {"n_masks": 200, "cells": 12, "batch": 100, "positive_flair_quantile": 0.9,
-                 "negative_flair_quantile": 0.7},
+        # FLAIR seed gates: on phantoms fused Dice 0.70-0.73 -> 0.88-0.90 on unseen tumour slices
+        # (without them the masks spread over the undecided ring, 1.3-1.8 times too large)
+        "rise": {"n_masks": 200, "cells": 12, "batch": 100, **_FLAIR_GATES},
         "gan": {"width": 6, "latent": 32, "epochs": 8, "batch": 16, "halve_every": 6},
         # no 64-pixel skip: U cannot copy the small phantom tumours through at full detail (change
         # inside / outside the tumour 2.8-3.2 against 2.0-2.6 with all five; fused Dice 0.79 vs 0.77);
