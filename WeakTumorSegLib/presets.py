@@ -91,7 +91,11 @@ PRESETS: dict[str, dict] = {
     "default": _merge(_PAPER, {
         # no x2 upsampling (the paper preset keeps it): it quadruples the cost of C and of RISE
         "classifier": {"architecture": "compact_classifier", "kwargs": {"width": 8, "blocks": 5, "upsample": 1.0},
-                       "epochs": 12, "lr": 1e-3, "weight_decay": 1e-4, "plateau_patience": 2},
+                       "epochs": 12, "lr": 1e-3, "weight_decay": 1e-4, "plateau_patience": 2,
+                       # left-right mirroring: 30 of the 40 TCGA-LGG training patients trained, the
+                       # other 10 scored: slice AUC 0.955 / 0.956 / 0.955 over three seeds against
+                       # 0.946 / 0.956 / 0.947 / 0.922 without, fewer tumour slices gated out
+                       "augment": "flip"},
         "rise": {"n_masks": 200, "cells": 8, "batch": 100, **_FLAIR_GATES},
         "gan": {"width": 12, "epochs": 15, "halve_every": 10},
         "converter": {"epochs": 12, "halve_every": 8},
