@@ -50,7 +50,8 @@ TRAIN_CONFIG = {
 }
 #: Under torchrun each of the two ranks takes half of every epoch; batches of 2 per rank keep the
 #: classifier's step count (and so the reliability of X_C) close to the single-process runs'.
-DDP_CONFIG = {**TRAIN_CONFIG, "classifier": {"epochs": 6, "batch": 2}}
+#: Two classifier members: an ensemble's per-member forward must work through DDP as well.
+DDP_CONFIG = {**TRAIN_CONFIG, "classifier": {"epochs": 6, "batch": 2, "members": 2}}
 #: The four files ``segment`` writes for ``--name p00``.
 SEGMENT_OUTPUTS = {"p00.seg.nrrd", "p00_mask.nii.gz", "p00_slices.csv", "p00_report.json"}
 
@@ -394,7 +395,9 @@ def test_torchrun_two_processes(cohort, tmp_path):
     assert proc.returncode == 0, describe(proc)
     from WeakTumorSegLib.bundle import Bundle
 
-    assert Bundle.load(bundle).config["training"]["world_size"] == 2
+    loaded = Bundle.load(bundle)
+    assert loaded.config["training"]["world_size"] == 2
+    assert loaded.config["models"]["classifier"]["architecture"] == "classifier_ensemble"
     out = tmp_path / "seg"
     seg = run_segment(cohort, bundle, out)
     assert seg.returncode == 0, describe(seg)
@@ -496,6 +499,38 @@ def test_classifier_stage_is_reproducible(cohort, train_config, tmp_path):
     assert weights[0].keys() == weights[1].keys()
     differ = [k for k in weights[0] if not torch.equal(weights[0][k], weights[1][k])]
     assert not differ, f"classifier weights differ between two runs of the same configuration: {differ[:5]}"
+
+
+def test_classifier_members_train_apart(cohort, train_config, tmp_path):
+    """``classifier.members`` 2: the stage stores both members, they start from different
+    weights and each learns from its own loss (they stay different), and the stage's model
+    answers with their mean."""
+    import torch
+    from safetensors.torch import load_file
+
+    from WeakTumorSegLib.classifier import ClassifierEnsemble
+    from WeakTumorSegLib.presets import resolve_config
+    from WeakTumorSegLib.train import TrainingRun
+
+    config = resolve_config("tiny", train_config, {"classifier": {"epochs": 1, "members": 2}})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run = TrainingRun(tmp_path / "run", config, cohort, tmp_path / "bundle", log=lambda msg: None)
+        run._prepare_dir()
+        run.load_data()
+        model = run.stage_classifier()
+    finally:
+        torch.set_num_threads(threads)
+    assert isinstance(model, ClassifierEnsemble) and len(model.members) == 2
+    weights = load_file(str(run.stage_dir("classifier") / "classifier.safetensors"))
+    first = {k[len("members.0."):]: v for k, v in weights.items() if k.startswith("members.0.")}
+    second = {k[len("members.1."):]: v for k, v in weights.items() if k.startswith("members.1.")}
+    assert first and first.keys() == second.keys() and len(first) + len(second) == len(weights)
+    assert not torch.equal(first["head.weight"], second["head.weight"])
+    x = run.x[:8]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), torch.stack([m(x) for m in model.members]).mean(dim=0))
 
 
 @pytest.mark.parametrize("zeta, collapsed", [(1.0, False), (500.0, True)])

@@ -9,11 +9,14 @@ the network see the upsampled image (:meth:`Classifier.forward_upsampled`).
   counts (64 = the original), ``hidden`` the two fully connected layers (4096 originally).
 * :class:`CompactClassifier` - the same interface with a few conv blocks and global average
   pooling, small enough for CPU training and a bundle of a few MB.
+* :class:`ClassifierEnsemble` - several classifiers of one architecture whose probabilities are
+  averaged (``classifier.members``; not in 000, which trains one).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -135,3 +138,54 @@ class CompactClassifier(Classifier):
         f = self.features(xu)
         pooled = torch.amax(f, dim=(2, 3)) if self.pool == "max" else f.mean(dim=(2, 3))
         return self.head(pooled)[:, 0]
+
+
+class ClassifierEnsemble(Classifier):
+    """``members`` classifiers of one architecture trained side by side from different random
+    initialisations; C's probability is their mean (not in 000). The averaged output is what the
+    gate, RISE and the refinement see. ``per_member=True`` in :meth:`forward` returns the
+    ``(members, B)`` probabilities, which training needs to give each member its own loss."""
+
+    def __init__(self, architecture: str = "compact_classifier", kwargs: Mapping | None = None, members: int = 3,
+                 in_channels: int | None = None):
+        super().__init__()
+        if architecture not in MEMBER_ARCHITECTURES:
+            raise ValueError(f"an ensemble member must be one of {', '.join(MEMBER_ARCHITECTURES)}, "
+                             f"not {architecture!r}")
+        if int(members) < 1:
+            raise ValueError(f"an ensemble needs at least one member, got {members}")
+        kw = dict(kwargs or {})
+        if in_channels is not None:
+            kw["in_channels"] = in_channels
+        self.members = nn.ModuleList(MEMBER_ARCHITECTURES[architecture](**kw) for _ in range(int(members)))
+        self.upsample = self.members[0].upsample
+
+    def member_probabilities_upsampled(self, xu: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m.forward_upsampled(xu) for m in self.members])
+
+    def forward_upsampled(self, xu: torch.Tensor) -> torch.Tensor:
+        return self.member_probabilities_upsampled(xu).mean(dim=0)
+
+    def logits_upsampled(self, xu: torch.Tensor) -> torch.Tensor:
+        return torch.logit(self.forward_upsampled(xu), eps=1e-7)
+
+    def forward(self, x: torch.Tensor, per_member: bool = False) -> torch.Tensor:
+        p = self.member_probabilities_upsampled(self.upsample_input(x))
+        return p if per_member else p.mean(dim=0)
+
+
+#: Architectures a :class:`ClassifierEnsemble` can be made of.
+MEMBER_ARCHITECTURES: dict[str, type[Classifier]] = {"vgg16_bn": VGG16BNClassifier,
+                                                     "compact_classifier": CompactClassifier}
+
+
+def classifier_architecture(section: Mapping) -> tuple[str, dict]:
+    """``(architecture, kwargs)`` of a configuration's ``classifier`` section: the section's own
+    architecture, or a :class:`ClassifierEnsemble` of it when ``members`` is above 1."""
+    members = int(section.get("members", 1))
+    if members < 1:
+        raise ValueError(f"classifier.members must be at least 1, got {members}")
+    if members == 1:
+        return section["architecture"], dict(section["kwargs"])
+    return "classifier_ensemble", {"architecture": section["architecture"], "kwargs": dict(section["kwargs"]),
+                                   "members": members}

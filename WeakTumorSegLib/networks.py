@@ -6,12 +6,13 @@ from collections.abc import Mapping
 
 from torch import nn
 
-from .classifier import CompactClassifier, VGG16BNClassifier
+from .classifier import ClassifierEnsemble, CompactClassifier, VGG16BNClassifier
 from .generator import Discriminator, Encoder, Generator, UNet
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     "vgg16_bn": VGG16BNClassifier,
     "compact_classifier": CompactClassifier,
+    "classifier_ensemble": ClassifierEnsemble,
     "dcgan_generator": Generator,
     "dcgan_discriminator": Discriminator,
     "encoder": Encoder,

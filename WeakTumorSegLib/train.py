@@ -46,7 +46,7 @@ from torch import nn
 
 from .bundle import inference_architectures, save_bundle
 from .checkpoint import checkpoint_exists, load_checkpoint, remove_checkpoint, save_checkpoint, unwrap
-from .classifier import augment_batch
+from .classifier import augment_batch, classifier_architecture
 from .dataset import discover, load_slices, split_patients, validate_cohort
 from .errors import InputError
 from .fusion import fuse
@@ -348,8 +348,8 @@ class TrainingRun:
 
     # -- stage 1: classifier ----------------------------------------------------------------------
     def _classifier_model(self) -> nn.Module:
-        c = self.config["classifier"]
-        return build(c["architecture"], {**c["kwargs"], "in_channels": len(self.channels)}).to(self.device)
+        arch, kwargs = classifier_architecture(self.config["classifier"])
+        return build(arch, {**kwargs, "in_channels": len(self.channels)}).to(self.device)
 
     def stage_classifier(self) -> nn.Module:
         self._seed("classifier")
@@ -368,15 +368,18 @@ class TrainingRun:
         xv = torch.from_numpy(self.val.x)
         yv = self.val.label
         augment = str(c.get("augment", "none"))
+        ensemble = int(c.get("members", 1)) > 1
 
         def step(idx):  # class-balanced BCE (000: class weights so both classes weigh equally)
             xb, yb = augment_batch(self.x[idx], augment).to(self.device), self.y[idx].to(self.device)
-            p = ddp(xb).clamp(1e-7, 1 - 1e-7)
-            loss = F.binary_cross_entropy(p, yb, weight=torch.where(yb > 0, pos_weight, torch.ones_like(yb)))
+            # an ensemble's members each get their own loss (their sum is minimised), not the mean's
+            p = (ddp(xb, per_member=True) if ensemble else ddp(xb)[None]).clamp(1e-7, 1 - 1e-7)
+            weight = torch.where(yb > 0, pos_weight, torch.ones_like(yb))
+            loss = sum(F.binary_cross_entropy(pk, yb, weight=weight) for pk in p)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            return {"loss": loss.item()}
+            return {"loss": loss.item() / len(p)}
 
         def validate():
             if len(yv) == 0:
@@ -700,7 +703,7 @@ class TrainingRun:
         t0 = time.perf_counter()
         cfg = self.config
         c = cfg["classifier"]
-        archs = inference_architectures(len(self.channels), (c["architecture"], c["kwargs"]),
+        archs = inference_architectures(len(self.channels), classifier_architecture(c),
                                         unet_width=cfg["segmenter"]["width"], latent=cfg["segmenter"]["latent"])
         archs["converter"] = ("unet", self._unet_kwargs("gan", 1))
         for extra in ("segmenter0", "baseline_seed_only"):  # for evaluation (Tables 4 and 5), not inference
