@@ -501,36 +501,69 @@ def test_classifier_stage_is_reproducible(cohort, train_config, tmp_path):
     assert not differ, f"classifier weights differ between two runs of the same configuration: {differ[:5]}"
 
 
-def test_classifier_members_train_apart(cohort, train_config, tmp_path):
-    """``classifier.members`` 2: the stage stores both members, they start from different
-    weights and each learns from its own loss (they stay different), and the stage's model
-    answers with their mean."""
+def _train_classifier_stage(run_dir: Path, config: dict, cohort: Path, log=None, resume: bool = False):
+    """Run only the classifier stage in ``run_dir`` (one thread); returns the run."""
     import torch
-    from safetensors.torch import load_file
 
-    from WeakTumorSegLib.classifier import ClassifierEnsemble
-    from WeakTumorSegLib.presets import resolve_config
     from WeakTumorSegLib.train import TrainingRun
 
-    config = resolve_config("tiny", train_config, {"classifier": {"epochs": 1, "members": 2}})
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        run = TrainingRun(tmp_path / "run", config, cohort, tmp_path / "bundle", log=lambda msg: None)
+        run = TrainingRun(run_dir, config, cohort, run_dir.parent / (run_dir.name + "_bundle"), resume=resume,
+                          log=log or (lambda msg: None))
         run._prepare_dir()
         run.load_data()
-        model = run.stage_classifier()
+        run.stage_classifier()
     finally:
         torch.set_num_threads(threads)
-    assert isinstance(model, ClassifierEnsemble) and len(model.members) == 2
-    weights = load_file(str(run.stage_dir("classifier") / "classifier.safetensors"))
-    first = {k[len("members.0."):]: v for k, v in weights.items() if k.startswith("members.0.")}
-    second = {k[len("members.1."):]: v for k, v in weights.items() if k.startswith("members.1.")}
-    assert first and first.keys() == second.keys() and len(first) + len(second) == len(weights)
-    assert not torch.equal(first["head.weight"], second["head.weight"])
-    x = run.x[:8]
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), torch.stack([m(x) for m in model.members]).mean(dim=0))
+    return run
+
+
+def test_classifier_members_train_apart_and_resume(cohort, train_config, tmp_path, monkeypatch):
+    """``classifier.members`` 2: member 0 is exactly the classifier a one-member run trains,
+    member 1 is another (own initialisation and data order), each has its own epoch log, and a
+    run killed after member 0 does not retrain it and ends with the same weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    from WeakTumorSegLib.presets import resolve_config
+    from WeakTumorSegLib.train import TrainingRun
+
+    single = resolve_config("tiny", train_config, {"classifier": {"epochs": 1}})
+    double = resolve_config("tiny", train_config, {"classifier": {"epochs": 1, "members": 2}})
+    one = _train_classifier_stage(tmp_path / "one", single, cohort)
+    two = _train_classifier_stage(tmp_path / "two", double, cohort)
+    w1 = load_file(str(one.stage_dir("classifier") / "classifier.safetensors"))
+    w2 = load_file(str(two.stage_dir("classifier") / "classifier.safetensors"))
+    member = [{k[len(f"members.{i}."):]: v for k, v in w2.items() if k.startswith(f"members.{i}.")} for i in (0, 1)]
+    assert len(member[0]) + len(member[1]) == len(w2) and member[0].keys() == member[1].keys() == w1.keys()
+    assert all(torch.equal(member[0][k], w1[k]) for k in w1), "member 0 differs from a one-member run"
+    assert not torch.equal(member[0]["head.weight"], member[1]["head.weight"])
+    sdir = two.stage_dir("classifier")
+    assert (sdir / "log_member0.csv").is_file() and (sdir / "log_member1.csv").is_file()
+    assert not list(sdir.glob("member*")) and not list(sdir.glob("checkpoint*"))  # only the stage's files
+    done = json.loads((sdir / "done.json").read_text())
+    assert len(done["members"]) == 2 and "val_auc" in done["history"]
+
+    # killed while member 1 trains, then resumed
+    original = TrainingRun._train_classifier
+
+    def killed_at_member_1(self, model, member, members):
+        if member == 1:
+            raise KeyboardInterrupt
+        return original(self, model, member, members)
+
+    monkeypatch.setattr(TrainingRun, "_train_classifier", killed_at_member_1)
+    with pytest.raises(KeyboardInterrupt):
+        _train_classifier_stage(tmp_path / "killed", double, cohort)
+    monkeypatch.undo()
+    lines: list[str] = []
+    resumed = _train_classifier_stage(tmp_path / "killed", double, cohort, lines.append, resume=True)
+    assert any("member 1/2 already trained" in line for line in lines), lines
+    assert not any("member0: epoch" in line for line in lines), lines
+    w3 = load_file(str(resumed.stage_dir("classifier") / "classifier.safetensors"))
+    assert w3.keys() == w2.keys() and all(torch.equal(w3[k], w2[k]) for k in w2)
 
 
 @pytest.mark.parametrize("zeta, collapsed", [(1.0, False), (500.0, True)])

@@ -71,8 +71,8 @@ METHOD_DECISIONS = {
                         "segmenters' S- (the converter keeps RISE's S-) (not in 000; null = the paper's seeds)",
     "classifier_augmentation": "classifier.augment: 'flip' mirrors each training image left-right with "
                                "probability 0.5 (not in 000; 'none' = the paper)",
-    "classifier_members": "classifier.members > 1: C is the mean probability of that many classifiers trained "
-                          "side by side from different initialisations, each on its own loss (not in 000; 1 = the paper)",
+    "classifier_members": "classifier.members > 1: C is the mean probability of that many classifiers, each "
+                          "trained on its own (initialisation, data order, schedule) (not in 000; 1 = the paper)",
     "converter_negative_seed_rule": "train U on X_C images whose negative seeds cover < 50% (direction configurable)",
     "tile_stride": 64,
     "refinement": "union of accepted components, undilated",

@@ -141,10 +141,9 @@ class CompactClassifier(Classifier):
 
 
 class ClassifierEnsemble(Classifier):
-    """``members`` classifiers of one architecture trained side by side from different random
-    initialisations; C's probability is their mean (not in 000). The averaged output is what the
-    gate, RISE and the refinement see. ``per_member=True`` in :meth:`forward` returns the
-    ``(members, B)`` probabilities, which training needs to give each member its own loss."""
+    """``members`` classifiers of one architecture, each trained as a classifier of its own would
+    be (own initialisation, data order and schedule); C's probability is their mean (not in 000).
+    The averaged output is what the gate, the fusion weight, RISE and the refinement see."""
 
     def __init__(self, architecture: str = "compact_classifier", kwargs: Mapping | None = None, members: int = 3,
                  in_channels: int | None = None):
@@ -169,9 +168,8 @@ class ClassifierEnsemble(Classifier):
     def logits_upsampled(self, xu: torch.Tensor) -> torch.Tensor:
         return torch.logit(self.forward_upsampled(xu), eps=1e-7)
 
-    def forward(self, x: torch.Tensor, per_member: bool = False) -> torch.Tensor:
-        p = self.member_probabilities_upsampled(self.upsample_input(x))
-        return p if per_member else p.mean(dim=0)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_upsampled(self.upsample_input(x))
 
 
 #: Architectures a :class:`ClassifierEnsemble` can be made of.

@@ -2,7 +2,9 @@
 
 Stages, each writing into ``<run>/stages/<stage>/`` and marked complete by ``done.json``:
 
-1. ``classifier``  - C on all training slices, class-balanced BCE (section 3.2);
+1. ``classifier``  - C on all training slices, class-balanced BCE (section 3.2); with
+                     ``classifier.members`` > 1, that many classifiers one after another, each with
+                     its own initialisation, data order and schedule, C being their mean;
 2. ``seeds``       - C's outputs, X_C (true positives), RISE seeds S+/S- for tumour slices,
                      S+ empty / S- full for tumour-free slices (section 2.1);
 3. ``gan``         - DCGAN generator G and discriminator D0 on tumour-free FLAIR (2.2.1);
@@ -20,7 +22,8 @@ tumours or a fused model that misses the validation tumours.
 
 Every epoch ends with an atomic checkpoint (models, optimizers, schedulers, RNG state; no
 pickle), so ``--resume`` continues a killed run at the last finished epoch and never retrains a
-completed stage. Per-epoch losses and validation metrics go to ``<stage>/log.csv``.
+completed stage (nor a finished member of a classifier ensemble). Per-epoch losses and
+validation metrics go to ``<stage>/log.csv`` (``classifier/log_member<k>.csv`` per member).
 
 Under ``torchrun`` each stage trains with DistributedDataParallel and a DistributedSampler;
 rank 0 computes the non-training steps (RISE, refinement) and writes every file, the other
@@ -46,7 +49,7 @@ from torch import nn
 
 from .bundle import inference_architectures, save_bundle
 from .checkpoint import checkpoint_exists, load_checkpoint, remove_checkpoint, save_checkpoint, unwrap
-from .classifier import augment_batch, classifier_architecture
+from .classifier import ClassifierEnsemble, augment_batch, classifier_architecture
 from .dataset import discover, load_slices, split_patients, validate_cohort
 from .errors import InputError
 from .fusion import fuse
@@ -241,10 +244,12 @@ class TrainingRun:
                 schedulers: dict, epochs: int, n_items: int, batch: int,
                 step: Callable[[torch.Tensor], dict[str, float]],
                 validate: Callable[[], dict[str, float]] | None = None,
-                plateau_on: str | None = None) -> list[dict]:
-        """Train ``models`` for ``epochs`` with per-epoch checkpoints; resume from the last one."""
+                plateau_on: str | None = None, tag: str = "", member: int = 0) -> list[dict]:
+        """Train ``models`` for ``epochs`` with per-epoch checkpoints; resume from the last one.
+        ``tag`` names this part's checkpoint and log (``checkpoint<tag>``, ``log<tag>.csv``) where a
+        stage trains several parts in turn; ``member`` > 0 gives the part its own data order."""
         sdir = self.stage_dir(stage)
-        ckpt = sdir / "checkpoint"
+        ckpt = sdir / f"checkpoint{tag}"
         start, history = 0, []
         if checkpoint_exists(ckpt):
             state, extra = load_checkpoint(ckpt, models, optimizers)
@@ -253,8 +258,8 @@ class TrainingRun:
             for name, sched in schedulers.items():
                 sched.load_state_dict(state["schedulers"][name])
             torch.set_rng_state(extra["rng"])
-            self.log(f"{stage}: resuming after epoch {start}/{epochs}")
-        salt = STAGES.index(stage) + 1
+            self.log(f"{stage}{tag.replace('_', ' ')}: resuming after epoch {start}/{epochs}")
+        salt = STAGES.index(stage) + 1 + 1000 * member
         t_stage = time.perf_counter()
         for epoch in range(start, epochs):
             t0 = time.perf_counter()
@@ -262,7 +267,7 @@ class TrainingRun:
                 m.train()
             sums: dict[str, float] = {}
             batches = self._indices(n_items, batch, epoch, salt)
-            label = f"{stage} {epoch + 1}/{epochs}"
+            label = f"{stage}{tag.replace('_', ' ')} {epoch + 1}/{epochs}"
             self.progress(label, 0, len(batches))
             for b, idx in enumerate(batches):
                 for key, value in step(idx).items():
@@ -283,7 +288,7 @@ class TrainingRun:
             row["seconds"] = round(time.perf_counter() - t0, 2)
             history.append(row)
             if self.dist.main:
-                _write_csv(sdir / "log.csv", history)
+                _write_csv(sdir / f"log{tag}.csv", history)
                 save_checkpoint(ckpt, models, optimizers,
                                 {"epoch": epoch + 1, "history": history,
                                  "elapsed": self._resumed.get(stage, 0.0) + time.perf_counter() - t_stage,
@@ -291,7 +296,7 @@ class TrainingRun:
                                 tensors={"rng": torch.get_rng_state()})
             self.dist.barrier()
             shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "seconds", "lr"))
-            self.log(f"{stage}: epoch {epoch + 1}/{epochs}  {shown}  ({row['seconds']:.1f} s)")
+            self.log(f"{stage}{tag.replace('_', ' ')}: epoch {epoch + 1}/{epochs}  {shown}  ({row['seconds']:.1f} s)")
         return history
 
     def _finish(self, stage: str, t0: float, info: Mapping, weights: Mapping[str, nn.Module] = (),
@@ -333,9 +338,10 @@ class TrainingRun:
         """Seed this stage's initial weights (the same on every rank)."""
         torch.manual_seed(self.seed * 1000 + STAGES.index(stage))
 
-    def _seed_rank(self, stage: str) -> None:
-        """Seed the stage's sampling (noise, random picks) differently on every rank."""
-        torch.manual_seed(self.seed * 1000 + STAGES.index(stage) + 7919 * (self.dist.rank + 1))
+    def _seed_rank(self, stage: str, member: int = 0) -> None:
+        """Seed the stage's sampling (noise, random picks) differently on every rank (and for
+        every ``member`` of an ensemble)."""
+        torch.manual_seed(self.seed * 1000 + STAGES.index(stage) + 7919 * (self.dist.rank + 1) + 104729 * member)
 
     def _skip(self, stage: str) -> bool:
         if self.is_done(stage):
@@ -356,46 +362,88 @@ class TrainingRun:
         model = self._classifier_model()
         if self._skip("classifier"):
             return self._load_weights("classifier", "classifier", model)
+        members = list(model.members) if isinstance(model, ClassifierEnsemble) else [model]
+        sdir = self.stage_dir("classifier")
+        seconds, rows = 0.0, []
+        for k, member in enumerate(members):
+            done = sdir / f"member{k}.json"
+            if len(members) > 1 and done.is_file():  # a member finished before a kill is not retrained
+                member.load_state_dict(load_file(str(sdir / f"member{k}.safetensors")))
+                info = json.loads(done.read_text())
+                self.log(f"classifier: member {k + 1}/{len(members)} already trained, not retrained")
+            else:
+                info = self._train_classifier(member, k, len(members))
+            seconds += float(info["seconds"])
+            rows.append(info["last"])
+        t0 = time.perf_counter() - seconds  # the stage's time: its members' (before and after kills)
+        info = {"history": rows[0]}
+        if len(members) > 1:  # the stage's metrics are the ensemble's; each member's last epoch besides
+            model.eval()
+            with torch.no_grad():
+                info = {"history": self._classifier_metrics(model), "members": rows}
+        self._finish("classifier", t0, info, {"classifier": model})
+        if len(members) > 1 and self.dist.main:  # classifier.safetensors now holds every member
+            for k in range(len(members)):
+                for suffix in ("safetensors", "json"):
+                    (sdir / f"member{k}.{suffix}").unlink(missing_ok=True)
+        return model.eval()
+
+    def _classifier_metrics(self, model: nn.Module) -> dict[str, float]:
+        """Validation loss, AUC, sensitivity and specificity of ``model`` on the validation slices."""
+        yv = self.val.label
+        if len(yv) == 0:
+            return {}
+        p = self._predict(model, torch.from_numpy(self.val.x)).numpy()
+        loss = float(F.binary_cross_entropy(torch.from_numpy(p).clamp(1e-7, 1 - 1e-7),
+                                            torch.from_numpy(yv.astype(np.float32))))
+        sens, spec = sensitivity_specificity(yv, p)
+        return {"val_loss": loss, "val_auc": roc_auc(yv, p), "val_sensitivity": sens, "val_specificity": spec}
+
+    def _train_classifier(self, model: nn.Module, member: int, members: int) -> dict:
+        """Train one classifier: the stage's only one, or member ``member`` of an ensemble. Each
+        member is trained as a classifier of its own would be (its own optimiser, learning-rate
+        schedule, data order and augmentation draws; member 0 exactly as a single classifier);
+        an ensemble's finished members are written to the stage folder so that a resumed run
+        keeps them. Returns ``{"last": last epoch's row, "seconds": ...}``."""
         t0, c = time.perf_counter(), self.config["classifier"]
         ddp = self.dist.wrap(model)
-        self._seed_rank("classifier")
+        self._seed_rank("classifier", member)
         opt = torch.optim.Adam(model.parameters(), lr=c["lr"], betas=tuple(c["betas"]), weight_decay=c["weight_decay"])
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=c["plateau_factor"],
                                                            patience=c["plateau_patience"],
                                                            threshold=c["plateau_threshold"])
         n_pos = float(self.y.sum())
         pos_weight = torch.tensor((len(self.y) - n_pos) / max(n_pos, 1.0), device=self.device)
-        xv = torch.from_numpy(self.val.x)
-        yv = self.val.label
         augment = str(c.get("augment", "none"))
-        ensemble = int(c.get("members", 1)) > 1
 
         def step(idx):  # class-balanced BCE (000: class weights so both classes weigh equally)
             xb, yb = augment_batch(self.x[idx], augment).to(self.device), self.y[idx].to(self.device)
-            # an ensemble's members each get their own loss (their sum is minimised), not the mean's
-            p = (ddp(xb, per_member=True) if ensemble else ddp(xb)[None]).clamp(1e-7, 1 - 1e-7)
-            weight = torch.where(yb > 0, pos_weight, torch.ones_like(yb))
-            loss = sum(F.binary_cross_entropy(pk, yb, weight=weight) for pk in p)
+            p = ddp(xb).clamp(1e-7, 1 - 1e-7)
+            loss = F.binary_cross_entropy(p, yb, weight=torch.where(yb > 0, pos_weight, torch.ones_like(yb)))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            return {"loss": loss.item() / len(p)}
+            return {"loss": loss.item()}
 
-        def validate():
-            if len(yv) == 0:
-                return {}
-            p = self._predict(model, xv).numpy()
-            loss = float(F.binary_cross_entropy(torch.from_numpy(p).clamp(1e-7, 1 - 1e-7),
-                                                torch.from_numpy(yv.astype(np.float32))))
-            sens, spec = sensitivity_specificity(yv, p)
-            return {"val_loss": loss, "val_auc": roc_auc(yv, p), "val_sensitivity": sens, "val_specificity": spec}
-
+        tag = f"_member{member}" if members > 1 else ""
+        self._resumed.pop("classifier", None)  # set by _epochs when this member resumes
         history = self._epochs("classifier", {"classifier": model}, {"classifier": opt}, {"plateau": sched},
-                               int(c["epochs"]), len(self.x), int(c["batch"]), step, validate,
-                               plateau_on="val_loss" if len(yv) else "loss")
+                               int(c["epochs"]), len(self.x), int(c["batch"]), step,
+                               lambda: self._classifier_metrics(model),
+                               plateau_on="val_loss" if len(self.val.label) else "loss", tag=tag, member=member)
         recalibrate_batchnorm(model, self.x, int(c["batch"]), self.device)
-        self._finish("classifier", t0, {"history": history[-1] if history else {}}, {"classifier": model})
-        return model.eval()
+        info = {"last": history[-1] if history else {},
+                "seconds": time.perf_counter() - t0 + self._resumed.pop("classifier", 0.0)}
+        if members > 1 and self.dist.main:
+            sdir = self.stage_dir("classifier")
+            sdir.mkdir(parents=True, exist_ok=True)
+            state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
+            with atomic_path(sdir / f"member{member}.safetensors") as tmp:
+                save_file(state, str(tmp))
+            _write_json(sdir / f"member{member}.json", info)
+            remove_checkpoint(sdir / f"checkpoint{tag}")
+        self.dist.barrier()
+        return info
 
     # -- stage 2: classifier outputs and RISE seeds -----------------------------------------------------
     def stage_seeds(self, classifier: nn.Module) -> dict[str, torch.Tensor]:
