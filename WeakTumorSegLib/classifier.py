@@ -159,11 +159,8 @@ class ClassifierEnsemble(Classifier):
         self.members = nn.ModuleList(MEMBER_ARCHITECTURES[architecture](**kw) for _ in range(int(members)))
         self.upsample = self.members[0].upsample
 
-    def member_probabilities_upsampled(self, xu: torch.Tensor) -> torch.Tensor:
-        return torch.stack([m.forward_upsampled(xu) for m in self.members])
-
     def forward_upsampled(self, xu: torch.Tensor) -> torch.Tensor:
-        return self.member_probabilities_upsampled(xu).mean(dim=0)
+        return torch.stack([m.forward_upsampled(xu) for m in self.members]).mean(dim=0)
 
     def logits_upsampled(self, xu: torch.Tensor) -> torch.Tensor:
         return torch.logit(self.forward_upsampled(xu), eps=1e-7)
@@ -180,9 +177,7 @@ MEMBER_ARCHITECTURES: dict[str, type[Classifier]] = {"vgg16_bn": VGG16BNClassifi
 def classifier_architecture(section: Mapping) -> tuple[str, dict]:
     """``(architecture, kwargs)`` of a configuration's ``classifier`` section: the section's own
     architecture, or a :class:`ClassifierEnsemble` of it when ``members`` is above 1."""
-    members = int(section.get("members", 1))
-    if members < 1:
-        raise ValueError(f"classifier.members must be at least 1, got {members}")
+    members = int(section.get("members", 1))  # resolve_config has checked it
     if members == 1:
         return section["architecture"], dict(section["kwargs"])
     return "classifier_ensemble", {"architecture": section["architecture"], "kwargs": dict(section["kwargs"]),

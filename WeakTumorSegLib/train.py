@@ -148,6 +148,13 @@ def _json_default(o):
     raise TypeError(type(o))
 
 
+def _write_weights(path: Path, model: nn.Module) -> None:
+    """A model's weights as safetensors, written atomically."""
+    state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp))
+
+
 def _write_json(path: Path, obj) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
@@ -250,6 +257,7 @@ class TrainingRun:
         stage trains several parts in turn; ``member`` > 0 gives the part its own data order."""
         sdir = self.stage_dir(stage)
         ckpt = sdir / f"checkpoint{tag}"
+        part = f"{stage}{tag.replace('_', ' ')}"  # "classifier member1" in logs and progress
         start, history = 0, []
         if checkpoint_exists(ckpt):
             state, extra = load_checkpoint(ckpt, models, optimizers)
@@ -258,7 +266,7 @@ class TrainingRun:
             for name, sched in schedulers.items():
                 sched.load_state_dict(state["schedulers"][name])
             torch.set_rng_state(extra["rng"])
-            self.log(f"{stage}{tag.replace('_', ' ')}: resuming after epoch {start}/{epochs}")
+            self.log(f"{part}: resuming after epoch {start}/{epochs}")
         salt = STAGES.index(stage) + 1 + 1000 * member
         t_stage = time.perf_counter()
         for epoch in range(start, epochs):
@@ -267,7 +275,7 @@ class TrainingRun:
                 m.train()
             sums: dict[str, float] = {}
             batches = self._indices(n_items, batch, epoch, salt)
-            label = f"{stage}{tag.replace('_', ' ')} {epoch + 1}/{epochs}"
+            label = f"{part} {epoch + 1}/{epochs}"
             self.progress(label, 0, len(batches))
             for b, idx in enumerate(batches):
                 for key, value in step(idx).items():
@@ -296,7 +304,7 @@ class TrainingRun:
                                 tensors={"rng": torch.get_rng_state()})
             self.dist.barrier()
             shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "seconds", "lr"))
-            self.log(f"{stage}{tag.replace('_', ' ')}: epoch {epoch + 1}/{epochs}  {shown}  ({row['seconds']:.1f} s)")
+            self.log(f"{part}: epoch {epoch + 1}/{epochs}  {shown}  ({row['seconds']:.1f} s)")
         return history
 
     def _finish(self, stage: str, t0: float, info: Mapping, weights: Mapping[str, nn.Module] = (),
@@ -307,9 +315,7 @@ class TrainingRun:
         if self.dist.main:
             sdir.mkdir(parents=True, exist_ok=True)
             for name, model in dict(weights).items():
-                state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
-                with atomic_path(sdir / f"{name}.safetensors") as tmp:
-                    save_file(state, str(tmp))
+                _write_weights(sdir / f"{name}.safetensors", model)
             if tensors:
                 with atomic_path(sdir / "outputs.safetensors") as tmp:
                     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
@@ -378,9 +384,7 @@ class TrainingRun:
         t0 = time.perf_counter() - seconds  # the stage's time: its members' (before and after kills)
         info = {"history": rows[0]}
         if len(members) > 1:  # the stage's metrics are the ensemble's; each member's last epoch besides
-            model.eval()
-            with torch.no_grad():
-                info = {"history": self._classifier_metrics(model), "members": rows}
+            info = {"history": self._classifier_metrics(model), "members": rows}
         self._finish("classifier", t0, info, {"classifier": model})
         if len(members) > 1 and self.dist.main:  # classifier.safetensors now holds every member
             for k in range(len(members)):
@@ -439,15 +443,14 @@ class TrainingRun:
         history = self._epochs("classifier", {"classifier": model}, {"classifier": opt}, {"plateau": sched},
                                int(c["epochs"]), len(self.x), int(c["batch"]), step, validate,
                                plateau_on="val_loss" if len(self.val.label) else "loss", tag=tag, member=member)
-        recalibrate_batchnorm(model, self.x, int(c["batch"]), self.device)
+        if not (history and len(self.val.label)):  # else the last epoch's validation already did it
+            recalibrate_batchnorm(model, self.x, int(c["batch"]), self.device)
         info = {"last": history[-1] if history else {},
                 "seconds": time.perf_counter() - t0 + self._resumed.pop("classifier", 0.0)}
         if members > 1 and self.dist.main:
             sdir = self.stage_dir("classifier")
             sdir.mkdir(parents=True, exist_ok=True)
-            state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
-            with atomic_path(sdir / f"member{member}.safetensors") as tmp:
-                save_file(state, str(tmp))
+            _write_weights(sdir / f"member{member}.safetensors", model)
             _write_json(sdir / f"member{member}.json", info)
             remove_checkpoint(sdir / f"checkpoint{tag}")
         self.dist.barrier()
