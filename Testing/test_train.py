@@ -663,3 +663,17 @@ def test_resolve_config_kwargs_replaced_whole(tmp_path):
     assert config["classifier"]["kwargs"] == {"blocks": 2}
     assert config["classifier"]["epochs"] == 1
     assert json.dumps(PRESETS["tiny"], sort_keys=True) == preset_before
+
+
+@pytest.mark.parametrize("width", [0, -4, 2.5, "24", True])
+def test_resolve_config_bad_discriminator_width_names_the_file(width, tmp_path):
+    from WeakTumorSegLib.errors import InputError
+    from WeakTumorSegLib.presets import resolve_config
+
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"converter": {"disc_width": width}}))
+    with pytest.raises(InputError) as info:
+        resolve_config("tiny", path)
+    msg = str(info.value)
+    assert str(path) in msg and "converter.disc_width" in msg and "\n" not in msg
+    assert resolve_config("tiny", None, {"converter": {"disc_width": None}})["converter"]["disc_width"] is None

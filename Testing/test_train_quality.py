@@ -45,7 +45,8 @@ def trained(tmp_path_factory) -> dict:
                    "--progress", "none", timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {"bundle": json.loads((bundle / "bundle.json").read_text()),
-            "eval": json.loads((out / "metrics.json").read_text())}
+            "eval": json.loads((out / "metrics.json").read_text()),
+            "run": root / "bundle.run"}
 
 
 def test_classifier_separates_tumour_slices(trained):
@@ -63,8 +64,8 @@ def test_seeds_land_on_and_off_the_tumour(trained):
 
 def test_fused_mask_covers_unseen_tumours(trained):
     fused = trained["eval"]["segmentation"]["fused"]
-    # the issue's target is 0.7 on tumour slices. Measured on these 8 unseen phantoms: 0.90 per tumour
-    # slice and 0.91 per volume (0.90 / 0.92 with seed 1; another twelve-phantom cohort 0.88 / 0.88).
+    # the issue's target is 0.7 on tumour slices. Measured on these 8 unseen phantoms: 0.85 per tumour
+    # slice and 0.86 per volume (0.90 / 0.91 with the preset's earlier converter, thin D1, 20 epochs).
     # Without the FLAIR seed gates it was 0.70-0.73, the masks spreading over the ring around the
     # tumour; a collapsed segmenter (0.04 once, 0.0 when the size prior is too strong) fails
     assert fused["per_slice_tumour"] >= 0.7, fused
@@ -87,9 +88,13 @@ def test_sound_run_reports_no_failure(trained):
 def test_converter_changes_the_tumour_more_than_the_rest(trained):
     """U turns tumour slices into healthy-looking ones: mean |x - U(x)| inside the tumour against
     outside it (the head), on the validation phantoms of the split, with the weights the bundle
-    keeps. Measured 2.94 on this cohort (2.81 with seed 1) and 3.33 on another twelve phantoms; the
-    issue's target of 3 is not reached on every cohort. A converter that copies its input, or
-    rewrites everything, scores near 1."""
+    keeps. Measured 3.13 on this cohort (inside 0.376, outside 0.120); over 8 seed / cohort pairs
+    2.92-3.54, median 3.2 (the issue's target is 3). The guard sits below that spread: a
+    converter that copies its input, or rewrites everything, scores near 1; the preset's earlier
+    thin D1 scored 2.8-2.9 here."""
     conv = trained["bundle"]["training"]["stages"]["converter"]["final"]
-    assert conv["val_change_ratio"] >= 2.5, conv
+    assert conv["val_change_ratio"] >= 2.8, conv
     assert trained["bundle"]["models"]["converter"]["kwargs"]["skips"] == 4
+    from safetensors.torch import load_file
+    d1 = load_file(str(trained["run"] / "stages" / "converter" / "discriminator.safetensors"))
+    assert d1["blocks.0.0.weight"].shape[0] == 24  # converter.disc_width, not G's 6

@@ -554,7 +554,7 @@ class TrainingRun:
             return self._load_weights("converter", "converter", unet)
         t0, c, g = time.perf_counter(), self.config["converter"], self.config["gan"]
         unet.decoder.load_state_dict(unwrap(gen).state_dict())  # U's decoder starts as the trained G
-        disc = Discriminator(1, g["width"]).to(self.device)
+        disc = Discriminator(1, c.get("disc_width") or g["width"]).to(self.device)  # D1 (null: G's width)
         xc = ((self.y > 0) & (seeds["p"] > 0.5)).numpy()
         frac = seeds["neg"].float().mean(dim=(1, 2)).numpy()
         rule, f = c["negative_seed_rule"], float(c["negative_seed_fraction"])
