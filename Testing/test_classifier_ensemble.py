@@ -1,19 +1,17 @@
 """Classifier ensembles (``classifier.members``): several classifiers whose probabilities are
 averaged stand in for C everywhere C is used (the gate, the fusion weight, RISE seeds), load from
-a bundle like any other network, and a bad member count is refused before training."""
+a bundle like any other network (a bad member count is refused before training: test_train.py)."""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
-import pytest
 import torch
 
 from conftest import build_tiny_models, tiny_bundle_config
 from WeakTumorSegLib.bundle import BUNDLE_FILE, Bundle, save_bundle
 from WeakTumorSegLib.classifier import ClassifierEnsemble, classifier_architecture, inference_copy
-from WeakTumorSegLib.errors import InputError
 from WeakTumorSegLib.inference import segment_arrays
 from WeakTumorSegLib.networks import build
 from WeakTumorSegLib.presets import resolve_config
@@ -72,13 +70,3 @@ def test_bundle_with_an_ensemble_of_copies_segments_like_its_member(tmp_path, ph
     np.testing.assert_array_equal(b.mask, a.mask)
     np.testing.assert_array_equal(b.positive_seeds, a.positive_seeds)
     np.testing.assert_array_equal(b.negative_seeds, a.negative_seeds)
-
-
-@pytest.mark.parametrize("members", [0, -1, 2.5, "3", True])
-def test_bad_member_count_is_refused_naming_the_config_file(members, tmp_path):
-    path = tmp_path / "bad.json"
-    path.write_text(json.dumps({"classifier": {"members": members}}))
-    with pytest.raises(InputError) as info:
-        resolve_config("tiny", path)
-    msg = str(info.value)
-    assert str(path) in msg and "classifier.members" in msg and "\n" not in msg

@@ -665,15 +665,17 @@ def test_resolve_config_kwargs_replaced_whole(tmp_path):
     assert json.dumps(PRESETS["tiny"], sort_keys=True) == preset_before
 
 
-@pytest.mark.parametrize("width", [0, -4, 2.5, "24", True])
-def test_resolve_config_bad_discriminator_width_names_the_file(width, tmp_path):
+@pytest.mark.parametrize("key, value", [(("classifier", "members"), v) for v in (0, -1, 2.5, "3", True)]
+                         + [(("converter", "disc_width"), v) for v in (0, -4, 2.5, "24", True)])
+def test_resolve_config_bad_whole_number_is_refused_naming_the_file(key, value, tmp_path):
     from WeakTumorSegLib.errors import InputError
     from WeakTumorSegLib.presets import resolve_config
 
+    section, name = key
     path = tmp_path / "bad.json"
-    path.write_text(json.dumps({"converter": {"disc_width": width}}))
+    path.write_text(json.dumps({section: {name: value}}))
     with pytest.raises(InputError) as info:
         resolve_config("tiny", path)
     msg = str(info.value)
-    assert str(path) in msg and "converter.disc_width" in msg and "\n" not in msg
+    assert str(path) in msg and f"{section}.{name}" in msg and "\n" not in msg
     assert resolve_config("tiny", None, {"converter": {"disc_width": None}})["converter"]["disc_width"] is None
