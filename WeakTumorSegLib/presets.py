@@ -163,14 +163,13 @@ def resolve_config(preset: str = "default", config_file: str | Path | None = Non
         config = _merge(config, extra)
     if overrides:
         config = _merge(config, overrides)
-    source = config_file if config_file is not None else None
     members = config["classifier"].get("members", 1)
     if not _whole_number(members):
-        raise InputError(f"classifier.members must be a whole number of at least 1, got {members!r}", source)
+        raise InputError(f"classifier.members must be a whole number of at least 1, got {members!r}", config_file)
     disc_width = config["converter"].get("disc_width")
     if disc_width is not None and not _whole_number(disc_width):
         raise InputError(f"converter.disc_width must be null or a whole number of at least 1, got {disc_width!r}",
-                         source)
+                         config_file)
     return config
 
 
