@@ -148,11 +148,15 @@ def _json_default(o):
     raise TypeError(type(o))
 
 
+def _write_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Named tensors as safetensors, written atomically."""
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+
+
 def _write_weights(path: Path, model: nn.Module) -> None:
     """A model's weights as safetensors, written atomically."""
-    state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp))
+    _write_tensors(path, unwrap(model).state_dict())
 
 
 def _write_json(path: Path, obj) -> None:
@@ -317,8 +321,7 @@ class TrainingRun:
             for name, model in dict(weights).items():
                 _write_weights(sdir / f"{name}.safetensors", model)
             if tensors:
-                with atomic_path(sdir / "outputs.safetensors") as tmp:
-                    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+                _write_tensors(sdir / "outputs.safetensors", tensors)
             _write_json(sdir / "done.json", {**info, "seconds": round(seconds, 2)})
             remove_checkpoint(sdir / "checkpoint")
         self.dist.barrier()
