@@ -666,8 +666,9 @@ def test_resolve_config_kwargs_replaced_whole(tmp_path):
 
 
 @pytest.mark.parametrize("key, value", [(("classifier", "members"), v) for v in (0, -1, 2.5, "3", True)]
-                         + [(("converter", "disc_width"), v) for v in (0, -4, 2.5, "24", True)])
-def test_resolve_config_bad_whole_number_is_refused_naming_the_file(key, value, tmp_path):
+                         + [(("converter", "disc_width"), v) for v in (0, -4, 2.5, "24", True)]
+                         + [(("classifier", "augment"), v) for v in ("rotate", 1, None)])
+def test_resolve_config_bad_value_is_refused_naming_the_file(key, value, tmp_path):
     from WeakTumorSegLib.errors import InputError
     from WeakTumorSegLib.presets import resolve_config
 
