@@ -62,7 +62,7 @@ def tiny_bundle_config(**extra) -> dict:
 
 def tiny_architectures() -> dict:
     """Architecture specs ``{model: (architecture, kwargs)}`` of the tiny test bundle."""
-    from WeakTumorSegLib.bundle import inference_architectures
+    from WeakTumorSegLib.bundle.save import inference_architectures
 
     return inference_architectures(len(TINY_CHANNELS), ("compact_classifier", {"width": 4, "blocks": 3}),
                                    unet_width=4, latent=16)
@@ -72,7 +72,7 @@ def build_tiny_models(seed: int = 0) -> tuple[dict, dict]:
     """Freshly initialised tiny networks (``torch.manual_seed(seed)`` first) and their specs."""
     import torch
 
-    from WeakTumorSegLib.networks import build
+    from WeakTumorSegLib.networks.registry import build
 
     torch.manual_seed(seed)
     architectures = tiny_architectures()
@@ -82,7 +82,7 @@ def build_tiny_models(seed: int = 0) -> tuple[dict, dict]:
 
 def save_tiny_bundle(path: str | Path, seed: int = 0, **config_overrides) -> Path:
     """Write an untrained tiny bundle to ``path`` (which must not exist) and return it."""
-    from WeakTumorSegLib.bundle import save_bundle
+    from WeakTumorSegLib.bundle.save import save_bundle
 
     models, architectures = build_tiny_models(seed)
     return save_bundle(path, tiny_bundle_config(**config_overrides), models, architectures)
@@ -97,7 +97,7 @@ def tiny_bundle(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def phantom():
     """The synthetic phantom of ``phantom_case`` (shape ``(12, 140, 150)``, seed 3)."""
-    from WeakTumorSegLib.phantoms import make_phantom
+    from support.phantoms import make_phantom
 
     return make_phantom(shape=PHANTOM_SHAPE, seed=PHANTOM_SEED)
 
@@ -105,7 +105,7 @@ def phantom():
 @pytest.fixture(scope="session")
 def phantom_case(tmp_path_factory, phantom) -> dict[str, Path]:
     """The phantom written as case ``phantom``: ``{channel or "seg"/"slice_labels": path}``."""
-    from WeakTumorSegLib.phantoms import write_case
+    from support.phantoms import write_case
 
     return write_case(phantom, tmp_path_factory.mktemp("phantom_case"), "phantom")
 

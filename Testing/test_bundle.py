@@ -18,9 +18,10 @@ import torch
 from safetensors import safe_open
 
 from conftest import build_tiny_models, channel_args, files_in, run_cli, save_tiny_bundle, stderr_lines
-from WeakTumorSegLib.bundle import BUNDLE_FILE, INFERENCE_MODELS, Bundle
+from WeakTumorSegLib.bundle.info import BUNDLE_FILE
+from WeakTumorSegLib.bundle.load import INFERENCE_MODELS, Bundle
 from WeakTumorSegLib.errors import BundleError
-from WeakTumorSegLib.inference import EXTRA_HEALTHY, segment_arrays
+from WeakTumorSegLib.inference.pipeline import EXTRA_HEALTHY, segment_arrays
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,14 +292,14 @@ def test_seed_flair_gates_of_a_bundle_apply_to_segment_seeds(tmp_path, phantom):
     """A bundle trained with the FLAIR seed gates gives ``segment --seeds`` the same gates: no
     positive seed on dark tissue, all dark tissue negative (also with the healthy variants that
     ``evaluate`` asks for)."""
-    from WeakTumorSegLib.seeds import RiseConfig
+    from WeakTumorSegLib.stages.seeds import RiseConfig
 
     rise = {**RiseConfig(n_masks=16, batch=8).to_dict()}
     plain = save_tiny_bundle(tmp_path / "plain", inference={"gate_threshold": 0.0}, rise=rise)
     gated = save_tiny_bundle(tmp_path / "gated", inference={"gate_threshold": 0.0},
                              rise={**rise, "positive_flair_quantile": 0.5, "negative_flair_quantile": 0.5})
-    a = segment_arrays(Bundle.load(plain), phantom.channels, "cpu", seeds=True)
-    b = segment_arrays(Bundle.load(gated), phantom.channels, "cpu", seeds=True, extra=[EXTRA_HEALTHY])
+    a = segment_arrays(Bundle.load(plain), phantom.channels, "cpu", seeds=Bundle.load(plain).rise())
+    b = segment_arrays(Bundle.load(gated), phantom.channels, "cpu", seeds=Bundle.load(gated).rise(), extra=[EXTRA_HEALTHY])
     assert b.positive_seeds.sum() < a.positive_seeds.sum()
     assert not (b.positive_seeds.astype(bool) & ~a.positive_seeds.astype(bool)).any()  # a subset of RISE's S+
     assert b.negative_seeds.sum() > a.negative_seeds.sum()

@@ -10,11 +10,14 @@ import numpy as np
 import torch
 
 from conftest import build_tiny_models, tiny_bundle_config
-from WeakTumorSegLib.bundle import BUNDLE_FILE, Bundle, save_bundle
-from WeakTumorSegLib.classifier import ClassifierEnsemble, classifier_architecture, inference_copy
-from WeakTumorSegLib.inference import segment_arrays
-from WeakTumorSegLib.networks import build
-from WeakTumorSegLib.presets import resolve_config
+from WeakTumorSegLib.bundle.info import BUNDLE_FILE
+from WeakTumorSegLib.bundle.load import Bundle
+from WeakTumorSegLib.bundle.save import save_bundle
+from WeakTumorSegLib.networks.classifiers import ClassifierEnsemble, inference_copy
+from WeakTumorSegLib.stages.classifier import classifier_architecture
+from WeakTumorSegLib.inference.pipeline import segment_arrays
+from WeakTumorSegLib.networks.registry import build
+from WeakTumorSegLib.training.presets import resolve_config
 
 TINY_CLASSIFIER = {"width": 4, "blocks": 3}
 
@@ -60,10 +63,10 @@ def test_bundle_with_an_ensemble_of_copies_segments_like_its_member(tmp_path, ph
     assert json.loads((double / BUNDLE_FILE).read_text())["models"]["classifier"]["architecture"] \
         == "classifier_ensemble"
 
-    a = segment_arrays(Bundle.load(single), phantom.channels, "cpu", seeds=True, seed_masks=40)
+    a = segment_arrays(Bundle.load(single), phantom.channels, "cpu", seeds=Bundle.load(single).rise(40))
     loaded = Bundle.load(double)
     assert isinstance(loaded.models["classifier"], ClassifierEnsemble)
-    b = segment_arrays(loaded, phantom.channels, "cpu", seeds=True, seed_masks=40)
+    b = segment_arrays(loaded, phantom.channels, "cpu", seeds=loaded.rise(40))
     assert a.counts["gated_patches"] > 0
     np.testing.assert_allclose(b.p_tumor, a.p_tumor, atol=1e-6)
     np.testing.assert_allclose(b.probability, a.probability, atol=1e-5)

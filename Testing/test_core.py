@@ -15,18 +15,19 @@ import pytest
 import torch
 from torch import nn
 
-from WeakTumorSegLib.bundle import Bundle
-from WeakTumorSegLib.classifier import Classifier, CompactClassifier, VGG16BNClassifier, augment_batch, inference_copy
-from WeakTumorSegLib.filtering import (REASON_LOW_DIFFERENCE, REASON_UNDECIDED, difference_scores, flag_slices,
-                                       mean_in_mask)
-from WeakTumorSegLib.fusion import fuse, fusion_weight
-from WeakTumorSegLib.generator import Discriminator, Encoder, Generator, UNet
-from WeakTumorSegLib.inference import segment_arrays
-from WeakTumorSegLib.networks import build
-from WeakTumorSegLib.preprocess import brain_bbox, normalize_channel, plan_crop, to_input, to_working
-from WeakTumorSegLib.seeds import (CPU_CHUNK, RiseConfig, classifier_rise, extend_negative_seeds, gate_positive_seeds,
-                                   generate_masks, normalize_maps, rise_maps, seeds_from_maps)
-from WeakTumorSegLib.tiling import Tiling, tile_starts
+from WeakTumorSegLib.bundle.load import Bundle
+from WeakTumorSegLib.networks.classifiers import Classifier, CompactClassifier, VGG16BNClassifier, inference_copy
+from WeakTumorSegLib.stages.classifier import augment_batch
+from WeakTumorSegLib.io.names import REASON_LOW_DIFFERENCE, REASON_UNDECIDED
+from WeakTumorSegLib.stages.difference_filter import difference_scores, flag_slices, mean_in_mask
+from WeakTumorSegLib.stages.fusion import fuse, fusion_weight
+from WeakTumorSegLib.networks.dcgan import Discriminator, Encoder, Generator, UNet
+from WeakTumorSegLib.inference.pipeline import segment_arrays
+from WeakTumorSegLib.networks.registry import build
+from WeakTumorSegLib.preprocessing.crop import brain_bbox, plan_crop, to_input, to_working
+from WeakTumorSegLib.preprocessing.intensity import normalize_channel
+from WeakTumorSegLib.stages.seeds import CPU_CHUNK, RiseConfig, classifier_rise, extend_negative_seeds, gate_positive_seeds, generate_masks, normalize_maps, rise_maps, seeds_from_maps
+from WeakTumorSegLib.preprocessing.tiling import Tiling, tile_starts
 
 PATCH, STRIDE = 128, 64
 
@@ -350,7 +351,8 @@ def test_segment_arrays_gating_fusion_and_scores(converter):
 
     # threshold between the two scores: slice 2 has a low difference score
     thr = (d1 + d2) / 2
-    res2 = segment_arrays(fake_bundle(converter), {"flair": vol}, device="cpu", threshold=thr)
+    bundle2 = fake_bundle(converter)
+    res2 = segment_arrays(bundle2, {"flair": vol}, device="cpu", settings=bundle2.settings(filter_threshold=thr))
     assert res2.threshold == thr
     assert res2.flagged.tolist() == [False, False, True, True, False]
     assert res2.flag_reason == ["", "", REASON_LOW_DIFFERENCE, REASON_UNDECIDED, ""]

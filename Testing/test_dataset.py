@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from WeakTumorSegLib.dataset import (Case, SliceSet, discover, labels_from_mask, load_slices, slice_labels,
-                                     split_patients, validate_cohort)
+from WeakTumorSegLib.io.cohort import Case, discover, labels_from_mask, slice_labels, split_patients
+from WeakTumorSegLib.training.slices import SliceSet, load_slices, validate_cohort
 from WeakTumorSegLib.errors import InputError
-from WeakTumorSegLib.phantoms import make_phantom, write_case
-from WeakTumorSegLib.preprocess import PreprocessConfig, zero_fraction
+from support.phantoms import make_phantom, write_case
+from WeakTumorSegLib.preprocessing.intensity import PreprocessConfig, zero_fraction
 
 CHANNELS = ["flair", "t1", "t1ce"]
 SHAPE = (10, 96, 110)

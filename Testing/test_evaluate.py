@@ -21,13 +21,16 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-from WeakTumorSegLib.bundle import BUNDLE_FILE, MODELS_DIR, Bundle
-from WeakTumorSegLib.dataset import Case
-from WeakTumorSegLib.evaluate import (FILTER_THRESHOLDS, OUTPUTS, choose_residual_threshold, filter_curve, pearson,
-                                      residual_baseline, residual_threshold_curve, select_cases)
-from WeakTumorSegLib.inference import segment_arrays
+from WeakTumorSegLib.bundle.info import BUNDLE_FILE, MODELS_DIR
+from WeakTumorSegLib.bundle.load import Bundle
+from WeakTumorSegLib.io.cohort import Case
+from WeakTumorSegLib.evaluation.summary import FILTER_THRESHOLDS, filter_curve, pearson
+from WeakTumorSegLib.evaluation.report import OUTPUTS
+from WeakTumorSegLib.baselines import choose_residual_threshold, residual_baseline, residual_threshold_curve
+from WeakTumorSegLib.evaluation.cases import select_cases
+from WeakTumorSegLib.inference.pipeline import segment_arrays
 from WeakTumorSegLib.metrics import dice
-from WeakTumorSegLib.phantoms import make_phantom, write_case
+from support.phantoms import make_phantom, write_case
 
 from conftest import files_in, run_cli, stderr_lines
 

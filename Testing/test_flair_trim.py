@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from WeakTumorSegLib.bundle import MODELS_DIR, Bundle
-from WeakTumorSegLib.filtering import flair_trim
-from WeakTumorSegLib.inference import segment_arrays
-from WeakTumorSegLib.preprocess import normalize_channel
+from WeakTumorSegLib.bundle.info import MODELS_DIR
+from WeakTumorSegLib.bundle.load import Bundle
+from WeakTumorSegLib.inference.postprocess import flair_trim
+from WeakTumorSegLib.inference.pipeline import segment_arrays
+from WeakTumorSegLib.preprocessing.intensity import normalize_channel
 
 from test_core import ConstSegmenter, fake_bundle
 from test_scalp_margin import SAMPLE, segment_sample
@@ -47,26 +48,26 @@ def test_segment_trims_every_model_and_follows_the_bundle():
     bundle.models["segmenter_us"] = ConstSegmenter(0.9)  # every gated voxel is in every mask
     tissue = vol["flair"] > 0
     plain = segment_arrays(bundle, vol, "cpu", extra=["segmenter_os"])
-    assert plain.mask[tissue].all() and plain.flair_trim == 0.0
-    trimmed = segment_arrays(bundle, vol, "cpu", extra=["segmenter_os"], trim=0.9)
-    assert trimmed.flair_trim == 0.9
+    assert plain.mask[tissue].all() and plain.settings.flair_trim == 0.0
+    trimmed = segment_arrays(bundle, vol, "cpu", bundle.settings(flair_trim=0.9), extra=["segmenter_os"])
+    assert trimmed.settings.flair_trim == 0.9
     bright = vol["flair"] == 200  # the median voxel is bright: the dim columns fall below 0.9 of it
     np.testing.assert_array_equal(trimmed.mask.astype(bool), bright)
     np.testing.assert_array_equal(trimmed.extra_masks["segmenter_os"].astype(bool), bright)
     assert (trimmed.probability[~bright] == 0).all()
-    assert segment_arrays(bundle, vol, "cpu", trim=0.4).mask[tissue].all()  # 0.5 is not below 0.4 of 1.0
+    assert segment_arrays(bundle, vol, "cpu", bundle.settings(flair_trim=0.4)).mask[tissue].all()  # 0.5 is not below 0.4 of 1.0
     # the bundle's own setting applies when no override is given; 0 turns it off
     configured = fake_bundle(flair_trim=0.9)
     configured.models["segmenter_us"] = ConstSegmenter(0.9)
     np.testing.assert_array_equal(segment_arrays(configured, vol, "cpu").mask, trimmed.mask)
-    np.testing.assert_array_equal(segment_arrays(configured, vol, "cpu", trim=0).mask, plain.mask)
+    np.testing.assert_array_equal(segment_arrays(configured, vol, "cpu", configured.settings(flair_trim=0)).mask, plain.mask)
 
 
 def test_shipped_bundles_trim_and_segment_records_it(tmp_path):
     """On the sample patient the bundle's 0.9 removes exactly the voxels of the untrimmed mask
     whose FLAIR lies below 0.9 times that mask's median."""
     for name in ("tcga-lgg-default", "tcga-lgg-flair"):
-        assert Bundle.load(MODELS_DIR / name).inference["flair_trim"] == 0.9
+        assert Bundle.load(MODELS_DIR / name).settings().flair_trim == 0.9
     masks, reports = {}, {}
     for label, extra in (("bundle", []), ("off", ["--flair-trim", "0"])):
         _, masks[label], reports[label] = segment_sample(tmp_path / label, "--keep-components", "0", *extra)

@@ -9,9 +9,10 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from WeakTumorSegLib.bundle import MODELS_DIR, Bundle
-from WeakTumorSegLib.filtering import keep_components
-from WeakTumorSegLib.inference import segment_arrays
+from WeakTumorSegLib.bundle.info import MODELS_DIR
+from WeakTumorSegLib.bundle.load import Bundle
+from WeakTumorSegLib.inference.postprocess import keep_components
+from WeakTumorSegLib.inference.pipeline import segment_arrays
 
 from test_core import fake_bundle
 from test_scalp_margin import segment_sample
@@ -67,9 +68,9 @@ def test_segment_filters_every_model_and_follows_the_bundle():
     plain = segment_arrays(bundle, {"flair": vol}, "cpu", extra=["segmenter_os"])
     bright = vol == 200.0
     np.testing.assert_array_equal(plain.mask.astype(bool), bright)  # the spot and the hole as they are
-    assert plain.keep_components == 0.0
-    kept = segment_arrays(bundle, {"flair": vol}, "cpu", extra=["segmenter_os"], components=0.5)
-    assert kept.keep_components == 0.5
+    assert plain.settings.keep_components == 0.0
+    kept = segment_arrays(bundle, {"flair": vol}, "cpu", bundle.settings(keep_components=0.5), extra=["segmenter_os"])
+    assert kept.settings.keep_components == 0.5
     np.testing.assert_array_equal(kept.mask.astype(bool), block)
     np.testing.assert_array_equal(kept.extra_masks["segmenter_os"].astype(bool), block)
     assert kept.counts["tumor_voxels"] == block.sum()
@@ -77,7 +78,7 @@ def test_segment_filters_every_model_and_follows_the_bundle():
     configured = fake_bundle(keep_components=0.5)
     configured.models["segmenter_us"] = configured.models["segmenter_os"] = BrightSegmenter()
     np.testing.assert_array_equal(segment_arrays(configured, {"flair": vol}, "cpu").mask, kept.mask)
-    np.testing.assert_array_equal(segment_arrays(configured, {"flair": vol}, "cpu", components=0).mask,
+    np.testing.assert_array_equal(segment_arrays(configured, {"flair": vol}, "cpu", configured.settings(keep_components=0)).mask,
                                   plain.mask)
 
 
@@ -85,7 +86,7 @@ def test_shipped_bundles_filter_components_and_segment_records_it(tmp_path):
     """On the sample patient the bundle's 0.5 leaves one large component (or several of similar
     size) and no holes, and the mask is the unfiltered one's large components, holes filled."""
     for name in ("tcga-lgg-default", "tcga-lgg-flair"):
-        assert Bundle.load(MODELS_DIR / name).inference["keep_components"] == 0.5
+        assert Bundle.load(MODELS_DIR / name).settings().keep_components == 0.5
     masks, reports = {}, {}
     for label, extra in (("bundle", []), ("off", ["--keep-components", "0"])):
         _, masks[label], reports[label] = segment_sample(tmp_path / label, *extra)

@@ -7,10 +7,9 @@ import math
 import pytest
 import torch
 
-from WeakTumorSegLib.generator import (converter_loss, discriminator_loss, generator_adversarial_loss,
-                                       kl_loss, reconstruction_loss)
-from WeakTumorSegLib.segmenter import (SegmenterLossWeights, seed_loss, segmenter_loss, size_loss,
-                                       variation_loss)
+from WeakTumorSegLib.stages.converter import converter_loss, kl_loss, reconstruction_loss
+from WeakTumorSegLib.stages.healthy_gan import discriminator_loss, generator_adversarial_loss
+from WeakTumorSegLib.stages.segmenters import SegmenterLossWeights, seed_loss, segmenter_loss, size_loss, variation_loss
 
 
 def t(*rows) -> torch.Tensor:
@@ -294,7 +293,7 @@ def test_balanced_seed_loss_with_one_seed_set_uses_it_alone():
 def test_split_discriminator_step_equals_eq1():
     """Training updates D on the real and generated batches separately (DDP-friendly); the sum of
     the two half losses equals Eq. 1's mean over both batches."""
-    from WeakTumorSegLib.train import _bce_to
+    from WeakTumorSegLib.training.run import _bce_to
 
     d_real = torch.tensor([0.8, 0.95, 0.6])
     d_fake = torch.tensor([0.3, 0.05, 0.2])

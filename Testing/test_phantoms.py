@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from WeakTumorSegLib.phantoms import Phantom, make_phantom, write_case
+from support.phantoms import Phantom, make_phantom, write_case
 
 
 @pytest.fixture(scope="module")

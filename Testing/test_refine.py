@@ -14,13 +14,7 @@ import torch
 from scipy import ndimage
 from skimage.morphology import disk
 
-from WeakTumorSegLib.refine import (
-    RefineConfig,
-    RefineResult,
-    disk_dilations,
-    label_components,
-    refine_seeds,
-)
+from WeakTumorSegLib.stages.refinement import RefineConfig, RefineResult, disk_dilations, label_components, refine_seeds
 
 SIZE = 32
 SQ = (slice(10, 16), slice(10, 16))  # the tumour square, rows/cols 10..15

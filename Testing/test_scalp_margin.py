@@ -12,10 +12,12 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from WeakTumorSegLib.bundle import MODELS_DIR, Bundle
-from WeakTumorSegLib.classifier import Classifier
-from WeakTumorSegLib.inference import segment_arrays
-from WeakTumorSegLib.preprocess import head_depth, head_mask, normalize_channel
+from WeakTumorSegLib.bundle.info import MODELS_DIR
+from WeakTumorSegLib.bundle.load import Bundle
+from WeakTumorSegLib.networks.classifiers import Classifier
+from WeakTumorSegLib.inference.pipeline import segment_arrays
+from WeakTumorSegLib.preprocessing.head import head_depth, head_mask
+from WeakTumorSegLib.preprocessing.intensity import normalize_channel
 
 from conftest import REPO_ROOT, run_cli
 from test_core import fake_bundle
@@ -78,19 +80,19 @@ def test_segment_clears_the_margin_and_keeps_the_deep_mask():
     vol = np.where(r < 49, 250.0, flair).astype(np.float32)
     bundle = sure_bundle()
     plain = segment_arrays(bundle, {"flair": vol}, "cpu")
-    assert plain.mask[r < 62].mean() > 0.9 and plain.scalp_margin == 0.0
-    margin = segment_arrays(bundle, {"flair": vol}, "cpu", scalp_margin=12.0)
-    assert margin.scalp_margin == 12.0
+    assert plain.mask[r < 62].mean() > 0.9 and plain.settings.scalp_margin_mm == 0.0
+    margin = segment_arrays(bundle, {"flair": vol}, "cpu", bundle.settings(scalp_margin_mm=12.0))
+    assert margin.settings.scalp_margin_mm == 12.0
     assert not margin.mask[r > 49].any()  # within 12 mm of the 60 mm surface: cleared
     assert margin.mask[r < 47].all()  # deeper: unchanged
     assert not margin.probability[r > 49].any()
     # in mm: with 0.5 mm voxels the same 12 mm margin is 24 voxels deep
-    fine = segment_arrays(bundle, {"flair": vol}, "cpu", spacing=(0.5, 0.5), scalp_margin=12.0)
+    fine = segment_arrays(bundle, {"flair": vol}, "cpu", bundle.settings(scalp_margin_mm=12.0), spacing=(0.5, 0.5))
     assert not fine.mask[r > 37].any() and fine.mask[r < 35].all()
     # the bundle's own setting applies when no override is given; 0 turns it off
     configured = sure_bundle(scalp_margin_mm=12.0)
     assert np.array_equal(segment_arrays(configured, {"flair": vol}, "cpu").mask, margin.mask)
-    assert np.array_equal(segment_arrays(configured, {"flair": vol}, "cpu", scalp_margin=0).mask, plain.mask)
+    assert np.array_equal(segment_arrays(configured, {"flair": vol}, "cpu", configured.settings(scalp_margin_mm=0)).mask, plain.mask)
 
 
 def _read(path) -> np.ndarray:
@@ -111,7 +113,7 @@ def segment_sample(out, *options: str) -> tuple[subprocess.CompletedProcess, np.
 def test_shipped_bundle_keeps_the_sample_mask_off_the_scalp(tmp_path):
     """The shipped TCGA-LGG bundles carry a 12 mm margin: on the sample patient the scalp rim
     the segmenters mark (about 8000 voxels) is gone, and the Dice rises (0.42 -> 0.45)."""
-    assert Bundle.load(MODELS_DIR / "tcga-lgg-default").inference["scalp_margin_mm"] == 12.0
+    assert Bundle.load(MODELS_DIR / "tcga-lgg-default").settings().scalp_margin_mm == 12.0
     case = SAMPLE.name
     masks, reports, summaries = {}, {}, {}
     for label, extra in (("bundle", []), ("off", ["--scalp-margin", "0"])):

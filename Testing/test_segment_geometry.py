@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from WeakTumorSegLib.io import read_segmentation
-from WeakTumorSegLib.phantoms import make_phantom, write_case
+from WeakTumorSegLib.io.segmentation import read_segmentation
+from support.phantoms import make_phantom, write_case
 
 from conftest import REPO_ROOT, STANDIN_BUNDLE, channel_args, run_cli
 

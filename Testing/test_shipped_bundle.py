@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from WeakTumorSegLib.bundle import MODELS_DIR, Bundle, default_bundle_dir
-from WeakTumorSegLib.inference import segment_arrays
-from WeakTumorSegLib.io import read_segmentation
-from WeakTumorSegLib.phantoms import make_phantom
+from WeakTumorSegLib.bundle.info import MODELS_DIR, default_bundle_dir
+from WeakTumorSegLib.bundle.load import Bundle
+from WeakTumorSegLib.inference.pipeline import segment_arrays
+from WeakTumorSegLib.io.segmentation import read_segmentation
+from support.phantoms import make_phantom
 
 from conftest import REPO_ROOT as ROOT, STANDIN_BUNDLE, run_cli
 

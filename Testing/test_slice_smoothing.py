@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from WeakTumorSegLib.bundle import MODELS_DIR, Bundle
-from WeakTumorSegLib.classifier import Classifier
-from WeakTumorSegLib.fusion import smooth_across_slices
-from WeakTumorSegLib.inference import segment_arrays
-from WeakTumorSegLib.preprocess import normalize_channel
+from WeakTumorSegLib.bundle.info import MODELS_DIR
+from WeakTumorSegLib.bundle.load import Bundle
+from WeakTumorSegLib.networks.classifiers import Classifier
+from WeakTumorSegLib.stages.fusion import smooth_across_slices
+from WeakTumorSegLib.inference.pipeline import segment_arrays
+from WeakTumorSegLib.preprocessing.intensity import normalize_channel
 
 from test_core import ConstSegmenter, fake_bundle
 from test_scalp_margin import segment_sample
@@ -71,8 +72,9 @@ def test_segment_gates_on_the_smoothed_probability():
     plain = segment_arrays(lookup_bundle(), vol, "cpu")
     np.testing.assert_allclose(plain.p_tumor, RAW_P, atol=1e-5)
     assert plain.tumor_pixels.astype(bool).tolist() == [True, False, True, False, True, False, False]
-    smooth = segment_arrays(lookup_bundle(), vol, "cpu", smoothing=0.25)
-    assert smooth.slice_smoothing == 0.25 and plain.slice_smoothing == 0.0
+    smoothing_bundle = lookup_bundle()
+    smooth = segment_arrays(smoothing_bundle, vol, "cpu", smoothing_bundle.settings(slice_smoothing=0.25))
+    assert smooth.settings.slice_smoothing == 0.25 and plain.settings.slice_smoothing == 0.0
     expected = [(0.45 + 0.1) / 0.75, 0.2 + 0.45, 0.45 + 0.1 + 0.025, 0.05 + 0.225 + 0.15, 0.3 + 0.05,
                 (0.05 + 0.15) / 0.75, 0.0]  # the empty slice neither counts for slice 5 nor changes
     np.testing.assert_allclose(smooth.p_tumor, expected, atol=1e-5)
@@ -81,12 +83,12 @@ def test_segment_gates_on_the_smoothed_probability():
     # the bundle's own setting applies when no override is given; 0 turns it off
     configured = lookup_bundle(slice_smoothing=0.25)
     np.testing.assert_array_equal(segment_arrays(configured, vol, "cpu").mask, smooth.mask)
-    np.testing.assert_array_equal(segment_arrays(configured, vol, "cpu", smoothing=0).mask, plain.mask)
+    np.testing.assert_array_equal(segment_arrays(configured, vol, "cpu", configured.settings(slice_smoothing=0)).mask, plain.mask)
 
 
 def test_shipped_bundles_smooth_and_segment_records_it(tmp_path):
     for name in ("tcga-lgg-default", "tcga-lgg-flair"):
-        assert Bundle.load(MODELS_DIR / name).inference["slice_smoothing"] == 0.25
+        assert Bundle.load(MODELS_DIR / name).settings().slice_smoothing == 0.25
     reports = {label: segment_sample(tmp_path / label, *extra)[2]
                for label, extra in (("bundle", []), ("off", ["--slice-smoothing", "0"]))}
     assert reports["bundle"]["slice_smoothing"] == 0.25 and reports["bundle"]["slice_smoothing_source"] == "bundle"

@@ -63,7 +63,7 @@ SEGMENT_OUTPUTS = {"p00.seg.nrrd", "p00_mask.nii.gz", "p00_slices.csv", "p00_rep
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> Path:
     """Six phantom patients in the folder layout ``discover`` reads (masks and label CSVs)."""
-    from WeakTumorSegLib.phantoms import make_phantom, write_case
+    from support.phantoms import make_phantom, write_case
 
     root = tmp_path_factory.mktemp("train_cohort") / "cohort"
     for i in range(N_PATIENTS):
@@ -202,7 +202,7 @@ def resumed_run(cohort, train_config, tmp_path_factory) -> dict:
 
 
 def test_kill_and_resume(resumed_run, cohort, tmp_path):
-    from WeakTumorSegLib.bundle import Bundle
+    from WeakTumorSegLib.bundle.load import Bundle
 
     bundle, run_dir, before = resumed_run["bundle"], resumed_run["run_dir"], resumed_run["before"]
     # the state the kill left: earlier stages done, the converter mid-way, no bundle
@@ -290,8 +290,8 @@ def test_resume_with_other_config_is_refused(resumed_run, cohort, tmp_path):
 
 
 def test_labels_only_cohort_trains(cohort, train_config, tmp_path):
-    from WeakTumorSegLib.bundle import Bundle
-    from WeakTumorSegLib.train import STAGES
+    from WeakTumorSegLib.bundle.load import Bundle
+    from WeakTumorSegLib.training.run import STAGES
 
     data = copy_cohort(cohort, tmp_path / "labels_only", masks=False)
     assert not list(data.rglob("*_seg.nii.gz")) and len(list(data.rglob("*_slice_labels.csv"))) == N_PATIENTS
@@ -393,7 +393,7 @@ def test_torchrun_two_processes(cohort, tmp_path):
     proc = subprocess.run(cmd, cwd=str(REPO_ROOT), env=cli_env(OMP_NUM_THREADS="1"), capture_output=True,
                           text=True, timeout=400, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, describe(proc)
-    from WeakTumorSegLib.bundle import Bundle
+    from WeakTumorSegLib.bundle.load import Bundle
 
     loaded = Bundle.load(bundle)
     assert loaded.config["training"]["world_size"] == 2
@@ -426,7 +426,7 @@ def _adam_step(model, opt, x, y) -> None:
 def test_checkpoint_round_trip_without_pickle(tmp_path, monkeypatch):
     import torch
 
-    from WeakTumorSegLib.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
+    from WeakTumorSegLib.training.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 
     torch.manual_seed(0)
     x, y = torch.randn(16, 5), torch.randn(16, 2)
@@ -479,8 +479,8 @@ def test_classifier_stage_is_reproducible(cohort, train_config, tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from WeakTumorSegLib.presets import resolve_config
-    from WeakTumorSegLib.train import TrainingRun
+    from WeakTumorSegLib.training.presets import resolve_config
+    from WeakTumorSegLib.training.run import TrainingRun
 
     config = resolve_config("tiny", train_config, {"classifier": {"epochs": 1}})
     threads = torch.get_num_threads()
@@ -505,7 +505,7 @@ def _train_classifier_stage(run_dir: Path, config: dict, cohort: Path, log=None,
     """Run only the classifier stage in ``run_dir`` (one thread); returns the run."""
     import torch
 
-    from WeakTumorSegLib.train import TrainingRun
+    from WeakTumorSegLib.training.run import TrainingRun
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -527,8 +527,8 @@ def test_classifier_members_train_apart_and_resume(cohort, train_config, tmp_pat
     import torch
     from safetensors.torch import load_file
 
-    from WeakTumorSegLib.presets import resolve_config
-    from WeakTumorSegLib.train import TrainingRun
+    from WeakTumorSegLib.training.presets import resolve_config
+    from WeakTumorSegLib.training.run import TrainingRun
 
     single = resolve_config("tiny", train_config, {"classifier": {"epochs": 1}})
     double = resolve_config("tiny", train_config, {"classifier": {"epochs": 1, "members": 2}})
@@ -574,8 +574,8 @@ def test_collapsed_segmenter_is_reported(zeta, collapsed, cohort, train_config, 
     import numpy as np
     import torch
 
-    from WeakTumorSegLib.presets import resolve_config
-    from WeakTumorSegLib.train import TrainingRun
+    from WeakTumorSegLib.training.presets import resolve_config
+    from WeakTumorSegLib.training.run import TrainingRun
 
     config = resolve_config("tiny", train_config, {"segmenter": {"epochs": 6, "min_steps": 0, "zeta": zeta}})
     lines: list[str] = []
@@ -606,7 +606,7 @@ def test_failed_run_is_reported():
     tumours, fused validation Dice 0.06 on tumour slices) give one warning per sign, each naming the
     stage and the measured value; a working run's records (0.71, 0.45) and a label-only cohort's
     (no overlap, no Dice) give none."""
-    from WeakTumorSegLib.train import training_warnings
+    from WeakTumorSegLib.training.run import training_warnings
 
     failed = training_warnings({"seeds": {"seed_overlap_positive": 0.047},
                                 "segmenter0": {"positive_seed_recall": 0.97}},
@@ -628,7 +628,7 @@ def test_failed_run_is_reported():
 
 def test_resolve_config_unknown_preset():
     from WeakTumorSegLib.errors import InputError
-    from WeakTumorSegLib.presets import resolve_config
+    from WeakTumorSegLib.training.presets import resolve_config
 
     with pytest.raises(InputError, match="no_such_preset"):
         resolve_config("no_such_preset")
@@ -636,7 +636,7 @@ def test_resolve_config_unknown_preset():
 
 def test_resolve_config_unknown_top_level_key(tmp_path):
     from WeakTumorSegLib.errors import InputError
-    from WeakTumorSegLib.presets import resolve_config
+    from WeakTumorSegLib.training.presets import resolve_config
 
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({"classifier": {"epochs": 1}, "clasifier": {"epochs": 2}}))
@@ -646,7 +646,7 @@ def test_resolve_config_unknown_top_level_key(tmp_path):
 
 
 def test_resolve_config_kwargs_replaced_whole(tmp_path):
-    from WeakTumorSegLib.presets import PRESETS, resolve_config
+    from WeakTumorSegLib.training.presets import PRESETS, resolve_config
 
     preset_before = json.dumps(PRESETS["tiny"], sort_keys=True)
     path = tmp_path / "cfg.json"
@@ -670,7 +670,7 @@ def test_resolve_config_kwargs_replaced_whole(tmp_path):
                          + [(("classifier", "augment"), v) for v in ("rotate", 1, None)])
 def test_resolve_config_bad_value_is_refused_naming_the_file(key, value, tmp_path):
     from WeakTumorSegLib.errors import InputError
-    from WeakTumorSegLib.presets import resolve_config
+    from WeakTumorSegLib.training.presets import resolve_config
 
     section, name = key
     path = tmp_path / "bad.json"

@@ -23,7 +23,7 @@ SHAPE = (20, 144, 144)
 
 
 def _cohort(folder: Path, seeds, prefix: str) -> Path:
-    from WeakTumorSegLib.phantoms import make_phantom, write_case
+    from support.phantoms import make_phantom, write_case
     for k in seeds:
         write_case(make_phantom(SHAPE, seed=k), folder / f"{prefix}{k:03d}", f"{prefix}{k:03d}")
     return folder

@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def rise_config(bundle, args: argparse.Namespace):
-    from WeakTumorSegLib.seeds import RiseConfig
+    from WeakTumorSegLib.stages.seeds import RiseConfig
 
     cfg = bundle.rise.to_dict()
     cfg["n_masks"] = args.masks
@@ -89,7 +89,7 @@ def naive_rise(classifier, patches, config):
     import torch
     import torch.nn.functional as F
 
-    from WeakTumorSegLib.seeds import generate_masks
+    from WeakTumorSegLib.stages.seeds import generate_masks
 
     with torch.inference_mode():
         xu = classifier.upsample_input(patches)
@@ -115,7 +115,7 @@ def forward_only(classifier, patches, config):
     batch of masks), without mask generation or the weighted sum."""
     import torch
 
-    from WeakTumorSegLib.seeds import generate_masks
+    from WeakTumorSegLib.stages.seeds import generate_masks
 
     with torch.inference_mode():
         xu = classifier.upsample_input(patches)
@@ -135,9 +135,10 @@ def sample_patches(bundle, folder: Path, count: int):
     import numpy as np
     import torch
 
-    from WeakTumorSegLib.io import read_channels
-    from WeakTumorSegLib.preprocess import brain_bbox, normalize_channels, plan_crop, to_working
-    from WeakTumorSegLib.tiling import Tiling
+    from WeakTumorSegLib.io.images import read_channels
+    from WeakTumorSegLib.preprocessing.crop import brain_bbox, plan_crop, to_working
+    from WeakTumorSegLib.preprocessing.intensity import normalize_channels
+    from WeakTumorSegLib.preprocessing.tiling import Tiling
 
     files = channel_files(folder)
     missing = [c for c in bundle.channels if c not in files]
@@ -173,8 +174,9 @@ def worker(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from WeakTumorSegLib.bundle import Bundle, default_bundle_dir
-    from WeakTumorSegLib.seeds import classifier_rise
+    from WeakTumorSegLib.bundle.load import Bundle
+    from WeakTumorSegLib.bundle.info import default_bundle_dir
+    from WeakTumorSegLib.stages.seeds import classifier_rise
 
     torch.set_num_threads(args.threads)
     bundle = Bundle.load(args.bundle or default_bundle_dir())
@@ -238,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from WeakTumorSegLib.bundle import Bundle, default_bundle_dir
+    from WeakTumorSegLib.bundle.load import Bundle
+    from WeakTumorSegLib.bundle.info import default_bundle_dir
 
     torch.set_num_threads(args.threads)
     bundle_dir = args.bundle or default_bundle_dir()

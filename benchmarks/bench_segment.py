@@ -113,7 +113,7 @@ def count_flops(bundle, channels: dict, device: str, seeds: bool) -> dict[str, i
     """FLOPs of one ``segment_arrays`` run, per stage (split at the progress callbacks) and in total."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from WeakTumorSegLib.inference import segment_arrays
+    from WeakTumorSegLib.inference.pipeline import segment_arrays
 
     starts: dict[str, int] = {}
     with FlopCounterMode(display=False) as counter:
@@ -133,9 +133,9 @@ def run_case(kind: str, case: str, paths: dict[str, Path], bundle_dir: Path, arg
              peak_gflops: float, workdir: Path) -> dict:
     import numpy as np
 
-    from WeakTumorSegLib.bundle import Bundle
-    from WeakTumorSegLib.inference import segment_arrays
-    from WeakTumorSegLib.io import read_channels
+    from WeakTumorSegLib.bundle.load import Bundle
+    from WeakTumorSegLib.inference.pipeline import segment_arrays
+    from WeakTumorSegLib.io.images import read_channels
 
     reps = args.repeats
     load_s, bundle = timed(lambda: Bundle.load(bundle_dir), reps, warmup=0)
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     set_threads(args.threads)
     import torch
 
-    from WeakTumorSegLib.bundle import default_bundle_dir
+    from WeakTumorSegLib.bundle.info import default_bundle_dir
 
     torch.set_num_threads(args.threads)
     bundle_dir = args.bundle or default_bundle_dir()

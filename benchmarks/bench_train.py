@@ -40,7 +40,7 @@ FALLBACK_STAGES = ("classifier", "seeds", "gan", "converter", "segmenter0", "ref
 
 def library_stages() -> tuple[str, ...]:
     try:
-        from WeakTumorSegLib.train import STAGES
+        from WeakTumorSegLib.training.run import STAGES
     except ImportError:
         return FALLBACK_STAGES
     return tuple(STAGES)
@@ -100,7 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def make_phantom_cohort(root: Path, n: int, shape: tuple[int, int, int]) -> Path:
     """``n`` phantom patients ``p00, p01, ...`` in the cohort folder layout (images, masks, labels)."""
-    from WeakTumorSegLib.phantoms import make_phantom, write_case
+    from support.phantoms import make_phantom, write_case
 
     for i in range(n):
         pid = f"p{i:02d}"

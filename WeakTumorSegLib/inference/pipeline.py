@@ -1,0 +1,321 @@
+"""Whole-volume inference, one function per step (Yoo et al., sections 2.4, 2.5 and 3):
+
+1. :func:`prepare`: normalise the channels, crop to the brain box, resample to the bundle's
+   in-plane scale and tile every axial slice into patches (:mod:`WeakTumorSegLib.preprocessing`);
+2. :func:`classify`: the classifier C gates each patch (p <= 0.5: empty map); patches that are
+   zero in every channel contain no tissue and are gated out without running C; with
+   ``slice_smoothing`` each patch's p is first averaged with the same tile's p on the
+   neighbouring slices (:func:`~WeakTumorSegLib.stages.fusion.smooth_across_slices`);
+3. :func:`segment_patches`: S_US and S_OS run on the gated patches and are fused with
+   w = 2(p - 0.5) (:mod:`WeakTumorSegLib.stages.fusion`);
+4. :func:`convert`: the converter U turns the FLAIR of the gated patches into its healthy variant;
+5. :func:`seed_masks`: optionally, C's RISE seeds of the gated patches
+   (:mod:`WeakTumorSegLib.stages.seeds`);
+6. :func:`finish`: overlapping patch maps are averaged (gated-out patches count as zeros), mapped
+   back to the input grid, post-processed (:mod:`.postprocess`) and binarised; the difference
+   |x - x_hat| is averaged over each slice's mask (Eq. 19) to flag low-confidence slices
+   (:mod:`WeakTumorSegLib.stages.difference_filter`).
+
+:func:`segment_arrays` runs them in that order. All patches go through the networks in batches
+under ``torch.inference_mode``.
+
+For evaluation, ``extra`` asks for more outputs without changing the default ones: the gated
+masks of single segmenters (``segmenter_us``, ``segmenter_os``, which cost nothing extra, and any
+further segmenter in the bundle such as ``segmenter0`` or ``baseline_seed_only``, gated and
+stitched exactly like the fused model) and ``healthy``, the converter's healthy FLAIR for the
+residual baseline. The residual baseline of Baur et al. is unsupervised, so ``healthy`` runs the
+converter on every tissue patch, not only on the gated ones.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..bundle.load import Bundle
+from ..errors import BundleError
+from ..preprocessing.crop import Crop, brain_bbox, plan_crop, to_input, to_working
+from ..preprocessing.intensity import normalize_channels
+from ..preprocessing.tiling import Tiling
+from ..stages.difference_filter import flag_slices, mean_in_mask
+from ..stages.fusion import fuse, smooth_across_slices
+from ..stages.seeds import RiseConfig, classifier_rise, extend_negative_seeds, gate_positive_seeds, normalize_maps
+from .postprocess import postprocess
+from .result import SegmentationResult
+from .settings import InferenceSettings
+
+#: ``progress(stage, done, total)``
+ProgressFn = Callable[[str, int, int], None]
+
+#: ``extra`` name asking :func:`segment_arrays` for the healthy FLAIR (:attr:`SegmentationResult.healthy`).
+EXTRA_HEALTHY = "healthy"
+#: Bundle models that are not segmenters and so cannot be an ``extra`` mask.
+NOT_SEGMENTERS = ("classifier", "converter")
+
+
+@dataclass
+class Prepared:
+    """A volume ready for the networks: normalised channels on the input grid, the working grid
+    and its patches."""
+
+    stack: np.ndarray  #: (slice, channel, row, column), normalised, input grid
+    crop: Crop  #: where the working grid sits in the input grid
+    work: np.ndarray  #: (slice, channel, row, column) on the working grid
+    tiling: Tiling
+    patches: np.ndarray  #: (patch, channel, P, P), slice-major
+    tissue: np.ndarray  #: indices of the patches that are not zero in every channel
+    flair: int  #: index of the FLAIR channel
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        return self.stack.shape[2], self.stack.shape[3]
+
+    def back(self, patch_maps: np.ndarray, weights: np.ndarray | None = None,
+             fill: np.ndarray | None = None) -> np.ndarray:
+        """Patch maps stitched on the working grid and mapped back to the input grid."""
+        return to_input(self.tiling.stitch(patch_maps, weights=weights, fill=fill), self.crop, self.input_hw)
+
+
+def batched(fn: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray, batch: int, device: torch.device,
+            report: Callable[[int], None] | None = None) -> np.ndarray:
+    """Apply ``fn`` to ``x`` in batches on ``device``; returns a float32 numpy array."""
+    out = []
+    for start in range(0, len(x), batch):
+        xb = torch.from_numpy(np.ascontiguousarray(x[start:start + batch])).to(device, non_blocking=True)
+        out.append(fn(xb).float().cpu().numpy())
+        if report:
+            report(min(start + batch, len(x)))
+    if not out:
+        return np.zeros((0,), dtype=np.float32)
+    return np.concatenate(out, axis=0)
+
+
+def prepare(bundle: Bundle, channels: Mapping[str, np.ndarray], settings: InferenceSettings) -> Prepared | np.ndarray:
+    """Step 1: the volume ready for the networks, or its normalised stack when it holds nothing
+    but background (then there is nothing to segment)."""
+    pp = bundle.preprocessing
+    stack = normalize_channels(channels, bundle.channels, pp.clip_percentiles)
+    bbox = brain_bbox(stack, pp.brain_threshold)
+    if bbox is None:
+        return stack
+    crop = plan_crop(bbox, pp.inplane_scale)
+    work = to_working(stack, crop)
+    tiling = Tiling.plan(stack.shape[0], crop.height, crop.width, bundle.patch_size, settings.stride)
+    patches = tiling.extract(work)
+    tissue = np.flatnonzero(patches.reshape(len(patches), -1).any(axis=1))
+    return Prepared(stack, crop, work, tiling, patches, tissue, bundle.channels.index(bundle.flair_channel))
+
+
+def classify(classifier: torch.nn.Module, vol: Prepared, settings: InferenceSettings, device: torch.device,
+             say: ProgressFn) -> np.ndarray:
+    """Step 2: C's output for every patch (0 for patches without tissue), smoothed across slices
+    when ``settings.slice_smoothing`` is set."""
+    p = np.zeros(len(vol.patches), dtype=np.float32)
+    say("classify", 0, len(vol.tissue))
+    p[vol.tissue] = batched(classifier, vol.patches[vol.tissue], settings.batch_size, device,
+                            lambda d: say("classify", d, len(vol.tissue)))
+    if settings.slice_smoothing > 0:  # tiles without tissue neither take part nor change (they stay gated out)
+        has_tissue = np.zeros(len(vol.patches), bool)
+        has_tissue[vol.tissue] = True
+        shape = (vol.tiling.slices, vol.tiling.per_slice)
+        p = smooth_across_slices(p.reshape(shape), settings.slice_smoothing, has_tissue.reshape(shape)).reshape(-1)
+    return p
+
+
+def segment_patches(models: Mapping[str, torch.nn.Module], vol: Prepared, p: np.ndarray, gated: np.ndarray,
+                    settings: InferenceSettings, device: torch.device, say: ProgressFn,
+                    extra: Sequence[str] = ()) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Step 3: the fused map of every patch (zero where gated out), and the gated maps of the
+    ``extra`` segmenters."""
+    size, batch = vol.patches.shape[-1], settings.batch_size
+    fused = np.zeros((len(vol.patches), size, size), dtype=np.float32)
+    say("segment", 0, len(gated))
+
+    def both_segmenters(xb: torch.Tensor) -> torch.Tensor:
+        return torch.stack([models["segmenter_us"](xb)[:, 0], models["segmenter_os"](xb)[:, 0]], 1)
+
+    if len(gated):
+        both = batched(both_segmenters, vol.patches[gated], batch, device, lambda d: say("segment", d, len(gated)))
+        fused[gated] = fuse(torch.from_numpy(p[gated]), torch.from_numpy(both[:, 0]),
+                            torch.from_numpy(both[:, 1]), settings.gate_threshold).numpy()
+    single: dict[str, np.ndarray] = {}
+    for name in extra:
+        maps = np.zeros_like(fused)
+        if len(gated):
+            if name in ("segmenter_us", "segmenter_os"):
+                maps[gated] = both[:, 0 if name == "segmenter_us" else 1]
+            else:
+                net = models[name]
+                maps[gated] = batched(lambda xb, net=net: net(xb)[:, 0], vol.patches[gated], batch, device)
+        single[name] = maps
+    return fused, single
+
+
+def convert(converter: torch.nn.Module, vol: Prepared, which: np.ndarray, settings: InferenceSettings,
+            device: torch.device, say: ProgressFn | None = None) -> np.ndarray:
+    """Step 4: the converter's healthy FLAIR of the patches ``which`` (zero elsewhere)."""
+    flair = vol.patches[:, vol.flair:vol.flair + 1]
+    healthy = np.zeros((len(vol.patches), *vol.patches.shape[-2:]), dtype=np.float32)
+    report = (lambda d: say("convert", d, len(which))) if say else None
+    if len(which):
+        healthy[which] = batched(converter, flair[which], settings.batch_size, device, report)[:, 0]
+    return healthy
+
+
+def seed_masks(classifier: torch.nn.Module, vol: Prepared, gated: np.ndarray, gate_w: np.ndarray, rise: RiseConfig,
+               device: torch.device, say: ProgressFn) -> tuple[np.ndarray, np.ndarray]:
+    """Step 5: C's positive and negative RISE seeds on the input grid (uint8), from the gated
+    patches, with the FLAIR gates the bundle was trained with applied per patch as in training."""
+    n_batches = -(-rise.n_masks // rise.batch)
+    emaps = np.zeros((len(vol.patches), *vol.patches.shape[-2:]), dtype=np.float32)
+    say("seeds", 0, n_batches)
+    if len(gated):
+        xg = torch.from_numpy(vol.patches[gated]).to(device)
+        maps = classifier_rise(classifier, xg, rise, lambda d: say("seeds", -(-d // rise.batch), n_batches))
+        emaps[gated] = normalize_maps(maps).cpu().numpy()
+    e_in = vol.back(emaps, weights=gate_w)
+    covered = vol.back(np.ones_like(emaps), weights=gate_w) > 0.5
+    pos, neg = covered & (e_in > rise.positive), covered & (e_in < rise.negative)
+    if len(gated):
+        def on_input(per_patch: torch.Tensor) -> np.ndarray:
+            part = np.zeros_like(emaps)
+            part[gated] = per_patch.numpy()
+            return vol.back(part, weights=gate_w) > 0.5
+
+        flair_g = torch.from_numpy(vol.patches[gated, vol.flair])
+        nothing = torch.zeros(flair_g.shape, dtype=torch.bool)
+        if rise.positive_flair_quantile is not None:
+            pos &= on_input(gate_positive_seeds(~nothing, flair_g, rise.positive_flair_quantile))
+        if rise.negative_flair_quantile is not None:
+            neg |= covered & on_input(extend_negative_seeds(nothing, flair_g, rise.negative_flair_quantile))
+    say("seeds", n_batches, n_batches)
+    return pos.astype(np.uint8), neg.astype(np.uint8)
+
+
+def finish(vol: Prepared, p: np.ndarray, patch_maps: Mapping[str, np.ndarray], healthy: np.ndarray,
+           gate_w: np.ndarray, settings: InferenceSettings,
+           spacing: Sequence[float]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Step 6: ``(probabilities, masks, difference scores, p_tumor per slice)``; the first two keyed
+    like ``patch_maps`` (``fused`` and the extra segmenters), on the input grid."""
+    flair_in = vol.stack[:, vol.flair]
+    probabilities = {name: vol.back(maps) for name, maps in patch_maps.items()}
+    probabilities, masks = postprocess(probabilities, flair_in, spacing, settings)
+    x_work = vol.work[:, vol.flair]
+    diff = to_input(np.abs(x_work - vol.tiling.stitch(healthy, weights=gate_w, fill=x_work)), vol.crop,
+                    vol.input_hw)
+    scores = mean_in_mask(diff, masks["fused"])
+    p_slice = p.reshape(vol.tiling.slices, vol.tiling.per_slice).max(axis=1)
+    return probabilities, masks, scores, p_slice
+
+
+def residual_inputs(vol: Prepared, healthy_all: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(flair, healthy)`` on the input grid for the residual baseline. The residual is taken on
+    the working grid and mapped back (like the difference score), so FLAIR - healthy is exactly
+    0 wherever the converter did not run."""
+    x_work = vol.work[:, vol.flair]
+    tissue_w = np.zeros(len(vol.patches))
+    tissue_w[vol.tissue] = 1
+    residual = to_input(x_work - vol.tiling.stitch(healthy_all, weights=tissue_w, fill=x_work), vol.crop,
+                        vol.input_hw)
+    flair01 = vol.stack[:, vol.flair].copy()
+    return flair01, flair01 - residual
+
+
+def _check_request(bundle: Bundle, channels: Mapping[str, np.ndarray], extra: Sequence[str]) -> list[str]:
+    """The extra segmenters asked for; :class:`BundleError` for a missing channel or segmenter."""
+    missing = [c for c in bundle.channels if c not in channels]
+    if missing:
+        raise BundleError(f"bundle '{bundle.name}' needs channels {', '.join(bundle.channels)}; "
+                          f"missing: {', '.join(missing)}", bundle.path)
+    models = [e for e in dict.fromkeys(extra) if e != EXTRA_HEALTHY]
+    for name in models:
+        if name in NOT_SEGMENTERS or name not in bundle.models:
+            usable = [m for m in bundle.models if m not in NOT_SEGMENTERS]
+            raise BundleError(f"bundle '{bundle.name}' has no loaded segmenter '{name}' "
+                              f"(it has: {', '.join(usable)})", bundle.path)
+    return models
+
+
+def _empty_result(stack: np.ndarray, flair: int, settings: InferenceSettings, seeds: bool,
+                  extra_models: Sequence[str], healthy: bool, timings: dict[str, float]) -> SegmentationResult:
+    """The result for a volume of nothing but background: an empty mask, not an error."""
+    z = stack.shape[0]
+    empty = np.zeros((z, *stack.shape[2:]), dtype=np.float32)
+    seeds_out = empty.astype(np.uint8) if seeds else None
+    counts = {"slices": z, "patches": 0, "tissue_patches": 0, "gated_patches": 0, "tumor_slices": 0,
+              "tumor_voxels": 0, "flagged_slices": 0}
+    return SegmentationResult(empty.astype(np.uint8), empty, np.zeros(z), np.ones(z), np.zeros(z, bool), [""] * z,
+                              settings, seeds_out, seeds_out, timings, counts,
+                              {n: empty.astype(np.uint8) for n in extra_models},
+                              {n: empty.copy() for n in extra_models},
+                              stack[:, flair].copy() if healthy else None, stack[:, flair].copy() if healthy else None)
+
+
+def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: torch.device | str = "cpu",
+                   settings: InferenceSettings | None = None, seeds: RiseConfig | None = None,
+                   spacing: Sequence[float] = (1.0, 1.0), extra: Sequence[str] = (),
+                   progress: ProgressFn | None = None) -> SegmentationResult:
+    """Segment one volume given as ``{channel name: (slice, row, column) array}``.
+
+    ``settings`` defaults to the bundle's (:meth:`~WeakTumorSegLib.bundle.info.BundleInfo.settings`);
+    ``seeds``, a RISE configuration (e.g. ``bundle.rise()``), adds C's seeds; ``spacing`` is the
+    in-plane (row, column) voxel size in mm (for the scalp margin). Channels the bundle does not
+    use are ignored; a missing one raises :class:`BundleError`. ``extra`` names further outputs
+    for evaluation (see the module docstring).
+    """
+    settings = settings or bundle.settings()
+    device = torch.device(device)
+    say = progress or (lambda stage, done, total: None)
+    extra_models = _check_request(bundle, channels, extra)
+    want_healthy = EXTRA_HEALTHY in extra
+    models, timings = bundle.models, {}
+    t0 = time.perf_counter()
+    say("preprocess", 0, 1)
+    vol = prepare(bundle, channels, settings)
+    timings["preprocess"] = time.perf_counter() - t0
+    say("preprocess", 1, 1)
+    if not isinstance(vol, Prepared):
+        flair = bundle.channels.index(bundle.flair_channel)
+        return _empty_result(vol, flair, settings, seeds is not None, extra_models, want_healthy, timings)
+
+    with torch.inference_mode():
+        t = time.perf_counter()
+        p = classify(models["classifier"], vol, settings, device, say)
+        gated = np.flatnonzero(p > settings.gate_threshold)
+        gate_w = np.zeros(len(vol.patches))  # 1 for gated patches: stitching weights of their maps
+        gate_w[gated] = 1
+        timings["classify"] = time.perf_counter() - t
+        t = time.perf_counter()
+        fused, single = segment_patches(models, vol, p, gated, settings, device, say, extra_models)
+        timings["segment"] = time.perf_counter() - t
+        t = time.perf_counter()
+        say("convert", 0, len(gated))
+        healthy = convert(models["converter"], vol, gated, settings, device, say)
+        if want_healthy:  # the residual baseline needs every tissue patch, gated or not
+            healthy_all = healthy + convert(models["converter"], vol, np.setdiff1d(vol.tissue, gated), settings, device)
+        timings["convert"] = time.perf_counter() - t
+        pos = neg = None
+        if seeds is not None:
+            t = time.perf_counter()
+            pos, neg = seed_masks(models["classifier"], vol, gated, gate_w, seeds, device, say)
+            timings["seeds"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say("postprocess", 0, 1)
+    probabilities, masks, scores, p_slice = finish(vol, p, {"fused": fused, **single}, healthy, gate_w, settings,
+                                                   spacing)
+    mask = masks.pop("fused")
+    flagged, reasons = flag_slices(mask.sum(axis=(1, 2)), scores, p_slice, settings.filter_threshold,
+                                   settings.undecided_margin, settings.gate_threshold)
+    flair01, healthy01 = residual_inputs(vol, healthy_all) if want_healthy else (None, None)
+    timings["postprocess"] = time.perf_counter() - t
+    say("postprocess", 1, 1)
+    counts = {"slices": vol.tiling.slices, "patches": len(vol.patches), "tissue_patches": int(len(vol.tissue)),
+              "gated_patches": int(len(gated)), "tumor_slices": int((mask.sum(axis=(1, 2)) > 0).sum()),
+              "tumor_voxels": int(mask.sum()), "flagged_slices": int(flagged.sum())}
+    return SegmentationResult(mask, probabilities.pop("fused"), p_slice, scores, flagged, reasons, settings, pos, neg,
+                              timings, counts, masks, probabilities, healthy01, flair01)

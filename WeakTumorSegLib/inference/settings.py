@@ -1,0 +1,121 @@
+"""The inference settings of one run, resolved once from the bundle and the user's overrides.
+
+``segment``, ``evaluate`` and the Slicer module (through ``segment``'s command line) all take
+their settings from :meth:`InferenceSettings.resolve`: the bundle's ``inference`` section
+(``bundle.json``) over the defaults below, then every option the user gave. Each value records
+where it came from (``bundle`` or the option's name), and ``report.json`` / ``metrics.json``
+carry both. This module imports neither torch nor numpy, so the Slicer module can read a
+bundle's settings before PyTorch is installed.
+
+The first six settings are the paper's (Yoo et al., sections 2.4, 2.5 and 3; the stride is not
+given there); the last four are not in the paper and are off by default (docs/options.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from ..errors import BundleError
+
+#: The largest neighbour weight of the slice smoothing: the slice itself must weigh at least as
+#: much as each neighbour.
+MAX_SLICE_SMOOTHING = 1.0 / 3.0
+#: The scalp margin must lie below this many mm.
+MAX_SCALP_MARGIN_MM = 1000.0
+
+#: Settings a user may override, with the command-line option that does it.
+OPTIONS = {"filter_threshold": "--threshold", "scalp_margin_mm": "--scalp-margin",
+           "slice_smoothing": "--slice-smoothing", "flair_trim": "--flair-trim",
+           "keep_components": "--keep-components"}
+#: Closed ranges ``(low, high, how high is written)`` of the settings that have one.
+_RANGES = {"filter_threshold": (0.0, 1.0, "1"), "slice_smoothing": (0.0, MAX_SLICE_SMOOTHING, "1/3"),
+           "flair_trim": (0.0, 1.0, "1"), "keep_components": (0.0, 1.0, "1")}
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """Everything that decides how one volume is segmented, besides the networks."""
+
+    #: tile stride in pixels of the 128-pixel patches (not given in the paper; 64: every interior
+    #: pixel is covered by up to four patches)
+    stride: int = 64
+    #: a patch whose classifier output is at or below this is gated out (empty map)
+    gate_threshold: float = 0.5
+    #: the fused probability is binarised above this
+    mask_threshold: float = 0.5
+    #: a non-empty slice whose difference score is below this is flagged for review
+    filter_threshold: float = 0.2
+    #: a slice whose classifier output lies this close to the gate is flagged as undecided
+    undecided_margin: float = 0.1
+    #: patches per forward pass
+    batch_size: int = 32
+    #: clear masks this many mm below the head's outer surface (0: off; for images that are not
+    #: skull-stripped)
+    scalp_margin_mm: float = 0.0
+    #: weight of each neighbouring slice's classifier output in the gate's average (0: off)
+    slice_smoothing: float = 0.0
+    #: clear mask voxels whose FLAIR is below this fraction of the mask's median FLAIR (0: off)
+    flair_trim: float = 0.0
+    #: keep the mask's 3D components of at least this fraction of the largest one (0: off)
+    keep_components: float = 0.0
+    #: where each overridable setting came from: ``bundle`` or its command-line option
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def resolve(cls, section: Mapping | None = None, overrides: Mapping[str, float | None] | None = None,
+                path: str | Path | None = None) -> "InferenceSettings":
+        """The defaults, then the bundle's ``inference`` ``section``, then the ``overrides`` that
+        are not None (keys of :data:`OPTIONS`). A bundle value that is missing or null means
+        "off" for the optional steps. Raises :class:`BundleError` (naming ``path``, the bundle)
+        for an unknown key or a value out of range."""
+        names = [f.name for f in fields(cls) if f.name != "sources"]
+        section = dict(section or {})
+        unknown = sorted(set(section) - set(names))
+        if unknown:
+            raise BundleError(f"unknown inference setting(s): {', '.join(unknown)}", path)
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
+        wrong = sorted(set(given) - set(OPTIONS))
+        if wrong:
+            raise ValueError(f"these inference settings cannot be overridden: {', '.join(wrong)}")
+        values: dict[str, object] = {}
+        for name in names:
+            default = getattr(cls, name)
+            raw = given.get(name, section.get(name, default))
+            try:
+                values[name] = type(default)(default if raw is None else raw)
+            except (TypeError, ValueError):
+                raise BundleError(f"inference.{name} must be a number, got {raw!r}", path) from None
+        settings = cls(**values, sources={k: OPTIONS[k] if k in given else "bundle" for k in OPTIONS})
+        settings.check(path)
+        return settings
+
+    def check(self, path: str | Path | None = None) -> None:
+        """Raise :class:`BundleError` when a setting lies outside its range."""
+        for name, (low, high, written) in _RANGES.items():
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise BundleError(f"inference.{name} must lie in [0, {written}], got {value:g}", path)
+        if not 0.0 <= self.scalp_margin_mm < MAX_SCALP_MARGIN_MM:
+            raise BundleError(f"inference.scalp_margin_mm must lie in [0, {MAX_SCALP_MARGIN_MM:g}) mm, "
+                              f"got {self.scalp_margin_mm:g}", path)
+        if self.stride < 1 or self.batch_size < 1:
+            raise BundleError("inference.stride and inference.batch_size must be at least 1", path)
+
+    def section(self) -> dict:
+        """The settings as a bundle's ``inference`` section (without their sources)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "sources"}
+
+    def source(self, name: str) -> str:
+        """Where the setting ``name`` came from: ``bundle`` or the option that set it."""
+        return self.sources.get(name, "bundle")
+
+    def report(self) -> dict:
+        """The post-processing settings and their sources, as ``report.json`` and ``metrics.json``
+        record them (``scalp_margin_mm``, ``scalp_margin_source``, ...)."""
+        out: dict[str, object] = {}
+        for name in ("scalp_margin_mm", "slice_smoothing", "flair_trim", "keep_components"):
+            out[name] = getattr(self, name)
+            out[name.removesuffix("_mm") + "_source"] = self.source(name)
+        return out
