@@ -1,4 +1,4 @@
-"""Training losses of 000 (Eqs. 1-16) against hand computations on tiny tensors."""
+"""Training losses of Yoo et al. (Eqs. 1-16) against hand computations on tiny tensors."""
 
 from __future__ import annotations
 
@@ -293,9 +293,9 @@ def test_balanced_seed_loss_with_one_seed_set_uses_it_alone():
 def test_split_discriminator_step_equals_eq1():
     """Training updates D on the real and generated batches separately (DDP-friendly); the sum of
     the two half losses equals Eq. 1's mean over both batches."""
-    from WeakTumorSegLib.training.run import _bce_to
+    from WeakTumorSegLib.stages.healthy_gan import bce_to_label
 
     d_real = torch.tensor([0.8, 0.95, 0.6])
     d_fake = torch.tensor([0.3, 0.05, 0.2])
-    split = 0.5 * _bce_to(d_real, 0.9) + 0.5 * _bce_to(d_fake, 0.1)
+    split = 0.5 * bce_to_label(d_real, 0.9) + 0.5 * bce_to_label(d_fake, 0.1)
     assert split.item() == pytest.approx(discriminator_loss(d_real, d_fake).item(), rel=1e-6)

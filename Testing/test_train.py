@@ -291,7 +291,7 @@ def test_resume_with_other_config_is_refused(resumed_run, cohort, tmp_path):
 
 def test_labels_only_cohort_trains(cohort, train_config, tmp_path):
     from WeakTumorSegLib.bundle.load import Bundle
-    from WeakTumorSegLib.training.run import STAGES
+    from WeakTumorSegLib.training import STAGES
 
     data = copy_cohort(cohort, tmp_path / "labels_only", masks=False)
     assert not list(data.rglob("*_seg.nii.gz")) and len(list(data.rglob("*_slice_labels.csv"))) == N_PATIENTS
@@ -479,6 +479,7 @@ def test_classifier_stage_is_reproducible(cohort, train_config, tmp_path):
     import torch
     from safetensors.torch import load_file
 
+    from WeakTumorSegLib.training.classifier import train_classifier
     from WeakTumorSegLib.training.presets import resolve_config
     from WeakTumorSegLib.training.run import TrainingRun
 
@@ -490,9 +491,9 @@ def test_classifier_stage_is_reproducible(cohort, train_config, tmp_path):
         for k, process_seed in enumerate((11, 12)):
             torch.manual_seed(process_seed)  # stands in for a fresh process's random default seed
             run = TrainingRun(tmp_path / f"run{k}", config, cohort, tmp_path / f"bundle{k}", log=lambda msg: None)
-            run._prepare_dir()
+            run.prepare_dir()
             run.load_data()
-            run.stage_classifier()
+            train_classifier(run)
             weights.append(load_file(str(run.stage_dir("classifier") / "classifier.safetensors")))
     finally:
         torch.set_num_threads(threads)
@@ -505,6 +506,7 @@ def _train_classifier_stage(run_dir: Path, config: dict, cohort: Path, log=None,
     """Run only the classifier stage in ``run_dir`` (one thread); returns the run."""
     import torch
 
+    from WeakTumorSegLib.training.classifier import train_classifier
     from WeakTumorSegLib.training.run import TrainingRun
 
     threads = torch.get_num_threads()
@@ -512,9 +514,9 @@ def _train_classifier_stage(run_dir: Path, config: dict, cohort: Path, log=None,
     try:
         run = TrainingRun(run_dir, config, cohort, run_dir.parent / (run_dir.name + "_bundle"), resume=resume,
                           log=log or (lambda msg: None))
-        run._prepare_dir()
+        run.prepare_dir()
         run.load_data()
-        run.stage_classifier()
+        train_classifier(run)
     finally:
         torch.set_num_threads(threads)
     return run
@@ -527,8 +529,8 @@ def test_classifier_members_train_apart_and_resume(cohort, train_config, tmp_pat
     import torch
     from safetensors.torch import load_file
 
+    from WeakTumorSegLib.training import classifier as classifier_stage
     from WeakTumorSegLib.training.presets import resolve_config
-    from WeakTumorSegLib.training.run import TrainingRun
 
     single = resolve_config("tiny", train_config, {"classifier": {"epochs": 1}})
     double = resolve_config("tiny", train_config, {"classifier": {"epochs": 1, "members": 2}})
@@ -547,14 +549,14 @@ def test_classifier_members_train_apart_and_resume(cohort, train_config, tmp_pat
     assert len(done["members"]) == 2 and "val_auc" in done["history"]
 
     # killed while member 1 trains, then resumed
-    original = TrainingRun._train_classifier
+    original = classifier_stage.train_member
 
-    def killed_at_member_1(self, model, member, members):
+    def killed_at_member_1(run, model, member, members):
         if member == 1:
             raise KeyboardInterrupt
-        return original(self, model, member, members)
+        return original(run, model, member, members)
 
-    monkeypatch.setattr(TrainingRun, "_train_classifier", killed_at_member_1)
+    monkeypatch.setattr(classifier_stage, "train_member", killed_at_member_1)
     with pytest.raises(KeyboardInterrupt):
         _train_classifier_stage(tmp_path / "killed", double, cohort)
     monkeypatch.undo()
@@ -576,6 +578,7 @@ def test_collapsed_segmenter_is_reported(zeta, collapsed, cohort, train_config, 
 
     from WeakTumorSegLib.training.presets import resolve_config
     from WeakTumorSegLib.training.run import TrainingRun
+    from WeakTumorSegLib.training.segmenters import train_segmenter
 
     config = resolve_config("tiny", train_config, {"segmenter": {"epochs": 6, "min_steps": 0, "zeta": zeta}})
     lines: list[str] = []
@@ -583,14 +586,14 @@ def test_collapsed_segmenter_is_reported(zeta, collapsed, cohort, train_config, 
     torch.set_num_threads(1)
     try:
         run = TrainingRun(tmp_path / "run", config, cohort, tmp_path / "bundle", log=lines.append)
-        run._prepare_dir()
+        run.prepare_dir()
         run.load_data()
         pos = torch.from_numpy(run.train.mask.astype(np.uint8))  # the truth as positive seeds
         neg = 1 - pos
         always = torch.nn.Module()
         always.forward = lambda x: torch.ones(len(x))  # a classifier that calls every slice tumour
-        run.train_segmenter("segmenter0", np.ones(len(run.x), bool), pos, neg,
-                            run.x[:, run.flair:run.flair + 1], always)
+        train_segmenter(run, "segmenter0", np.ones(len(run.x), bool), pos, neg,
+                        run.x[:, run.flair:run.flair + 1], always)
     finally:
         torch.set_num_threads(threads)
     recall = json.loads((run.stage_dir("segmenter0") / "done.json").read_text())["positive_seed_recall"]
@@ -606,7 +609,7 @@ def test_failed_run_is_reported():
     tumours, fused validation Dice 0.06 on tumour slices) give one warning per sign, each naming the
     stage and the measured value; a working run's records (0.71, 0.45) and a label-only cohort's
     (no overlap, no Dice) give none."""
-    from WeakTumorSegLib.training.run import training_warnings
+    from WeakTumorSegLib.training.quality import training_warnings
 
     failed = training_warnings({"seeds": {"seed_overlap_positive": 0.047},
                                 "segmenter0": {"positive_seed_recall": 0.97}},

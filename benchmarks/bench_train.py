@@ -40,7 +40,7 @@ FALLBACK_STAGES = ("classifier", "seeds", "gan", "converter", "segmenter0", "ref
 
 def library_stages() -> tuple[str, ...]:
     try:
-        from WeakTumorSegLib.training.run import STAGES
+        from WeakTumorSegLib.training import STAGES
     except ImportError:
         return FALLBACK_STAGES
     return tuple(STAGES)

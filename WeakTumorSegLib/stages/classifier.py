@@ -8,12 +8,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+import torch.nn.functional as F
 
 AUGMENTATIONS = ("none", "flip")
 
 
 def augment_batch(x: torch.Tensor, mode: str = "none", generator: torch.Generator | None = None) -> torch.Tensor:
-    """Training-time augmentation of a ``(B, C, H, W)`` batch (not in 000, which trains on the
+    """Training-time augmentation of a ``(B, C, H, W)`` batch (not in the paper, which trains on the
     images as they are): ``"flip"`` mirrors each image left-right with probability 0.5 (brains
     are roughly symmetric, tumours occur on either side); ``"none"`` returns ``x``."""
     if mode == "none":
@@ -32,3 +33,10 @@ def classifier_architecture(section: Mapping) -> tuple[str, dict]:
         return section["architecture"], dict(section["kwargs"])
     return "classifier_ensemble", {"architecture": section["architecture"], "kwargs": dict(section["kwargs"]),
                                    "members": members}
+
+
+def classifier_loss(p: torch.Tensor, y: torch.Tensor, pos_weight: torch.Tensor) -> torch.Tensor:
+    """Class-balanced binary cross-entropy of C (section 3.2: class weights so that both classes
+    weigh equally): tumour slices weigh ``pos_weight`` (tumour-free / tumour slices), the others 1."""
+    p = p.clamp(1e-7, 1 - 1e-7)
+    return F.binary_cross_entropy(p, y, weight=torch.where(y > 0, pos_weight, torch.ones_like(y)))

@@ -11,6 +11,7 @@ import torch
 
 from .tensors import LOSS_EPS
 
+
 def discriminator_loss(d_real: torch.Tensor, d_fake: torch.Tensor, real_label: float = 0.9,
                        fake_label: float = 0.1) -> torch.Tensor:
     """BCE loss of a discriminator, ``L_D0`` (Eq. 1) and ``L_D1`` (Eq. 6).
@@ -24,7 +25,7 @@ def discriminator_loss(d_real: torch.Tensor, d_fake: torch.Tensor, real_label: f
 
     * Label smoothing: targets are ``real_label = 0.9`` for real and ``fake_label = 0.1`` for
       generated images, as Eqs. 1 and 6 state. The text calls this "one-sided" but both labels
-      are smoothed; the equations are followed (DIGEST ambiguity 4).
+      are smoothed; the equations are followed (docs/method.md).
     * Averaging: Eq. 1 is ``-(1/N) sum_k`` over every input ``x_in^k`` of both batches, so the
       loss is the mean over the concatenation of the real and generated batches. With two
       batches of the same size B (the paper's setting) this equals
@@ -49,3 +50,12 @@ def generator_adversarial_loss(d_fake: torch.Tensor) -> torch.Tensor:
     written in Eqs. 3 and 7. Probabilities are clamped to ``>= 1e-7`` before the logarithm.
     """
     return -torch.log(d_fake.reshape(-1).clamp_min(LOSS_EPS)).mean()
+
+
+def bce_to_label(p: torch.Tensor, target: float) -> torch.Tensor:
+    """BCE of probabilities ``p`` (any shape) against one smoothed label, as in Eqs. 1 and 6 for
+    one of the two batches: training feeds D the real and the generated batch separately and
+    weighs each half (:func:`WeakTumorSegLib.training.gan.discriminator_step`), which equals
+    :func:`discriminator_loss` over their concatenation for batches of equal size."""
+    p = p.reshape(-1).clamp(LOSS_EPS, 1 - LOSS_EPS)
+    return -(target * torch.log(p) + (1 - target) * torch.log(1 - p)).mean()

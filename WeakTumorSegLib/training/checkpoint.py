@@ -1,4 +1,5 @@
-"""Atomic training checkpoints without pickle: tensors in ``.safetensors``, the rest in JSON.
+"""Atomic training checkpoints and stage files without pickle: tensors in ``.safetensors``, the
+rest in JSON or CSV.
 
 A checkpoint holds any number of named models and optimizers plus a JSON-able ``state``
 (epoch, history, random seeds). Optimizer states are flattened to tensors (``opt.<name>.<i>.<key>``)
@@ -14,11 +15,13 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..io.atomic import atomic_path
+from ..io.tables import write_csv
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -85,3 +88,40 @@ def remove_checkpoint(path: str | Path) -> None:
             os.remove(path.with_suffix(suffix))
         except FileNotFoundError:
             pass
+
+
+def json_default(o):
+    """JSON for numpy scalars and paths in stage records."""
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o))
+
+
+def write_json(path: Path, obj) -> None:
+    """``obj`` as indented JSON, written atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=json_default) + "\n")
+
+
+def write_log(path: Path, rows: list[dict]) -> None:
+    """Rewrite a stage's log atomically; columns are the union of the rows' keys, in order."""
+    if not rows:
+        return
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with atomic_path(path) as tmp:
+        write_csv([{c: row.get(c, "") for c in columns} for row in rows], columns, tmp)
+
+
+def write_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Named tensors as safetensors, written atomically."""
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+
+
+def write_weights(path: Path, model: nn.Module) -> None:
+    """A model's weights as safetensors, written atomically."""
+    write_tensors(path, unwrap(model).state_dict())

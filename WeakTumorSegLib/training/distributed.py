@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import InputError
 
+
 @dataclass
 class Dist:
     """This process's place in a (possibly single-process) distributed run."""

@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..io.cohort import Case, check_channel_names, case_folder, labels_from_mask, read_mask, slice_labels
+from ..io.cohort import Case, case_folder, check_channel_names, labels_from_mask, read_mask, slice_labels
 from ..io.images import read_channels
 from ..preprocessing.crop import brain_bbox, plan_crop, to_working
 from ..preprocessing.intensity import PreprocessConfig, normalize_channels, zero_fraction
+
 
 @dataclass
 class SliceSet:
@@ -115,7 +116,7 @@ def load_slices(cases: Sequence[Case], channels: Sequence[str], pp: PreprocessCo
     away cannot be detected then (none happens while the working size fits in ``patch``).
 
     Slices where the fraction of pixels zero in every channel exceeds ``max_zero_fraction`` are
-    dropped (000). ``progress(done, total)`` is called after each case.
+    dropped (as in the paper). ``progress(done, total)`` is called after each case.
     """
     names = check_channel_names(channels)
     if patch < 1:
