@@ -32,9 +32,18 @@ from conftest import REPO_ROOT, STANDIN_BUNDLE, channel_args, run_cli  # noqa: E
 
 sys.path.insert(0, str(REPO_ROOT / "WeakTumorSeg"))
 import WeakTumorSeg as W  # noqa: E402
+from WeakTumorSegHelpers import core, devices, export, nodes, review, run, views  # noqa: E402
+from WeakTumorSegHelpers import job as job_module  # noqa: E402
 
-from WeakTumorSegLib.io import Geometry, Segment, TUMOR_COLOR, TUMOR_TERMINOLOGY, read_segmentation, write_segmentation  # noqa: E402
-from WeakTumorSegLib.phantoms import make_phantom, write_case  # noqa: E402
+from WeakTumorSegLib.io.images import Geometry  # noqa: E402
+from WeakTumorSegLib.io.segmentation import (  # noqa: E402
+    TUMOR_COLOR,
+    TUMOR_TERMINOLOGY,
+    Segment,
+    read_segmentation,
+    write_segmentation,
+)
+from support.phantoms import make_phantom, write_case  # noqa: E402
 
 SPACING = (0.9, 1.1, 3.0)  # SimpleITK (x, y, z)
 ORIGIN = (-40.5, 31.25, -12.0)  # LPS
@@ -157,10 +166,15 @@ def test_module_imports_without_qt_and_logic_uses_no_gui():
     assert "qt" not in sys.modules and "ctk" not in sys.modules
     gui_use = re.compile(r"\bqt\.|\bctk\.|slicer\.app\b|import qt|import ctk|"
                          r"errorDisplay|confirm\w*Display|infoDisplay")
-    for obj in (W.WeakTumorSegLogic, W.SegmentationJob, W.DeviceProbe, W.killProcessTree, W.readBundleInfo,
-                W.deviceChoices, W.pythonExecutable, W.coreRoot, W.defaultBundlePath):
+    # the Logic and every helper module it uses (the installer and the GUI panels are the GUI's)
+    for obj in (W.WeakTumorSegLogic, core, devices, export, job_module, nodes, review, run, views):
         source = inspect.getsource(obj)
         assert not gui_use.search(source), f"{obj.__name__} uses the GUI: {gui_use.search(source).group(0)}"
+    # bundles and settings are read by the core's torch-free modules: importing the module imports no torch
+    code = "import sys; sys.path.insert(0, sys.argv[1]); import WeakTumorSeg; print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code, str(REPO_ROOT / "WeakTumorSeg")], capture_output=True,
+                          text=True, cwd=REPO_ROOT)
+    assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr
 
 
 def test_shipped_bundle_and_real_sample_come_first():
@@ -168,45 +182,53 @@ def test_shipped_bundle_and_real_sample_come_first():
     synthetic phantom sample."""
     folders = W.sampleDataFolders()
     assert [f.name for f in folders][:2] == ["TCGA_DU_7018_19911220", "PHANTOM_0001"]
-    info = W.readBundleInfo(W.defaultBundlePath())
+    info = core.readBundle(W.defaultBundlePath())
     assert tuple(info.channels) == ("flair", "t1", "t1ce")
     assert all((folders[0] / f"{folders[0].name}_{c}.nii.gz").is_file() for c in info.channels)
+
+
+def scalp_margin(folder) -> float:
+    return core.readBundle(folder).settings().scalp_margin_mm
 
 
 def test_bundle_info_reads_the_scalp_margin(tmp_path):
     """``inference.scalp_margin_mm`` of the bundle: 12 mm for the shipped real-MR bundles, 0 (off) where the
     bundle has none; a value the core would refuse makes the folder unusable with a readable message."""
-    assert W.readBundleInfo(W.defaultBundlePath()).scalpMargin == 12.0
-    assert W.readBundleInfo(REPO_ROOT / "Resources" / "Models" / "tcga-lgg-flair").scalpMargin == 12.0
+    assert scalp_margin(W.defaultBundlePath()) == 12.0
+    assert scalp_margin(REPO_ROOT / "Resources" / "Models" / "tcga-lgg-flair") == 12.0
     assert "scalp_margin_mm" not in json.loads((STANDIN_BUNDLE / "bundle.json").read_text())["inference"]
-    assert W.readBundleInfo(STANDIN_BUNDLE).scalpMargin == 0.0
-    assert W._defaultBundleScalpMargin() == 12.0  # the GUI's initial value is the default bundle's
+    assert scalp_margin(STANDIN_BUNDLE) == 0.0
+    assert core.defaultBundleSettings().scalp_margin_mm == 12.0  # the GUI's initial value is the default bundle's
 
     def bundle_with(value):
         folder = tmp_path / f"bundle-{value}"
         folder.mkdir()
         inference = {"filter_threshold": 0.3} if value == "absent" else {"scalp_margin_mm": value}
-        (folder / "bundle.json").write_text(json.dumps({"channels": ["flair"], "inference": inference}))
+        (folder / "bundle.json").write_text(
+            json.dumps({"format_version": 1, "channels": ["flair"], "inference": inference}))
         return folder
 
-    assert W.readBundleInfo(bundle_with(None)).scalpMargin == 0.0
-    assert W.readBundleInfo(bundle_with("absent")).scalpMargin == 0.0
-    assert W.readBundleInfo(bundle_with(7.5)).scalpMargin == 7.5
-    for bad in (-1.0, 1000.0, "wide"):
-        with pytest.raises(W.SegmentationError, match=r"inference\.scalp_margin_mm .*\[0, 1000\)"):
-            W.readBundleInfo(bundle_with(bad))
+    assert scalp_margin(bundle_with(None)) == 0.0
+    assert scalp_margin(bundle_with("absent")) == 0.0
+    assert scalp_margin(bundle_with(7.5)) == 7.5
+    for bad, problem in ((-1.0, r"must lie in \[0, 1000\) mm"), (1000.0, r"must lie in \[0, 1000\) mm"),
+                         ("wide", "must be a number")):
+        with pytest.raises(W.SegmentationError, match=rf"bundle-{bad}: inference\.scalp_margin_mm {problem}") as info:
+            core.readBundle(bundle_with(bad))
+        assert "\n" not in str(info.value)
 
 
 def test_bundle_info_reads_training_warnings(tmp_path):
     """The warnings a training run recorded reach the module (the widget shows them next to the
     bundle's name); the shipped bundles and a bundle without the record have none."""
-    assert W.readBundleInfo(W.defaultBundlePath()).trainingWarnings == ()
-    assert W.readBundleInfo(STANDIN_BUNDLE).trainingWarnings == ()
+    assert core.readBundle(W.defaultBundlePath()).training_warnings == []
+    assert core.readBundle(STANDIN_BUNDLE).training_warnings == []
     folder = tmp_path / "failed"
     folder.mkdir()
     warning = "validation: the fused model's Dice on the validation tumour slices is 0.06"
-    (folder / "bundle.json").write_text(json.dumps({"channels": ["flair"], "training": {"warnings": [warning]}}))
-    assert W.readBundleInfo(folder).trainingWarnings == (warning,)
+    (folder / "bundle.json").write_text(
+        json.dumps({"format_version": 1, "channels": ["flair"], "training": {"warnings": [warning]}}))
+    assert core.readBundle(folder).training_warnings == [warning]
 
 
 def test_write_volume_keeps_oblique_anisotropic_geometry(tmp_path, small_phantom):
@@ -277,9 +299,10 @@ def test_slice_table_has_one_row_per_slice(segmented, small_phantom):
     result, logic = segmented["result"], segmented["logic"]
     table = result.tableNode
     assert table.GetName() == "P_flair slice review"
-    assert result.segmentationNode.GetNodeReference(W.SLICE_TABLE_ROLE) is table
+    assert result.segmentationNode.GetNodeReference(nodes.SLICE_TABLE_ROLE) is table
     vtable = table.GetTable()
-    assert [vtable.GetColumnName(c) for c in range(vtable.GetNumberOfColumns())] == list(W.SLICE_COLUMNS)
+    assert [vtable.GetColumnName(c) for c in range(vtable.GetNumberOfColumns())] == list(review.TABLE_COLUMNS)
+    assert review.TABLE_COLUMNS[:-1] == core.SLICE_COLUMNS and review.TABLE_COLUMNS[-1] == "status"
     rows = logic.sliceRows(table)
     assert [r["slice"] for r in rows] == list(range(small_phantom.mask.shape[0]))
     for row in rows:
@@ -345,14 +368,14 @@ def test_review_statuses_and_flagged_navigation():
 
 
 def test_device_choices_show_the_gpu_found():
-    gpu = W.deviceChoices({"torch": "2.13.0", "cuda_build": "12.8", "gpus": ["NVIDIA H200"]})
+    gpu = devices.deviceChoices({"torch": "2.13.0", "cuda_build": "12.8", "gpus": ["NVIDIA H200"]})
     assert [c.value for c in gpu] == ["auto", "cpu", "cuda"] and "NVIDIA H200" in gpu[0].label + gpu[2].label
-    cpu_build = W.deviceChoices({"torch": "2.13.0+cpu", "cuda_build": None, "gpus": []})
+    cpu_build = devices.deviceChoices({"torch": "2.13.0+cpu", "cuda_build": None, "gpus": []})
     assert not cpu_build[-1].enabled and "CPU-only" in cpu_build[-1].label
-    assert W.deviceChoices({"torch": None})[0].value == "auto"
-    two = W.deviceChoices({"torch": "2", "cuda_build": "12", "gpus": ["A", "B"]})
+    assert devices.deviceChoices({"torch": None})[0].value == "auto"
+    two = devices.deviceChoices({"torch": "2", "cuda_build": "12", "gpus": ["A", "B"]})
     assert [c.value for c in two] == ["auto", "cpu", "cuda:0", "cuda:1"]
-    probe = W.DeviceProbe().wait(timeout=120)  # this interpreter's torch
+    probe = devices.DeviceProbe().wait(timeout=120)  # this interpreter's torch
     assert probe["torch"] and isinstance(probe["gpus"], list)
 
 
@@ -393,7 +416,7 @@ def test_rerun_replaces_only_our_nodes(tiny_bundle, small_phantom):
     assert third.segmentationNode is user_seg and not W.WeakTumorSegLogic.isOurs(user_seg)
     segmentation = user_seg.GetSegmentation()
     assert segmentation.GetSegment("Tumor") is not None and segment_names(user_seg) == ["Tumor", "Tumor"]
-    assert not W.WeakTumorSegLogic._segmentIsOurs(segmentation.GetSegment("Tumor"))
+    assert not nodes.segmentIsOurs(segmentation.GetSegment("Tumor"))
     assert len(nodes_of(scene, "vtkMRMLSegmentationNode")) == 2
     assert sorted(segment_names(ours)) == ["Edema", "Tumor"]
 
@@ -501,7 +524,7 @@ def test_kill_process_tree_stops_grandchildren():
     proc = subprocess.Popen(["sh", "-c", "sleep 60 & sleep 60 & wait"], start_new_session=True)
     time.sleep(0.3)
     assert len(live_processes_in_group(proc.pid)) == 3
-    W.killProcessTree(proc, grace=1.0)
+    job_module.killProcessTree(proc, grace=1.0)
     assert proc.returncode is not None
     deadline = time.monotonic() + 5
     while live_processes_in_group(proc.pid) and time.monotonic() < deadline:
@@ -551,7 +574,7 @@ def test_export_writes_mask_segmentation_and_reviewed_manifest(segmented, small_
     np.testing.assert_array_equal(read_segmentation(written["segmentation"])["Tumor"], corrected)
 
     rows = read_manifest(written["manifest"])
-    assert list(rows[0]) == list(W.MANIFEST_COLUMNS)
+    assert list(rows[0]) == list(review.MANIFEST_COLUMNS)
     assert [int(r["slice"]) for r in rows] == list(range(nk))
     table_rows = logic.sliceRows(table)
     for row, table_row in zip(rows, table_rows):

@@ -19,6 +19,9 @@ from conftest import REPO_ROOT
 
 MODULE_DIR = REPO_ROOT / "WeakTumorSeg"
 MODULE_PY = MODULE_DIR / "WeakTumorSeg.py"
+#: The module's helper package (GUI panels among them), beside WeakTumorSeg.py.
+HELPERS_DIR = MODULE_DIR / "WeakTumorSegHelpers"
+CORE_DIR = REPO_ROOT / "WeakTumorSegLib"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "WeakTumorSeg.ui"
 
 #: Widget classes the parameter node wrapper can bind to a field type (slicer.parameterNodeWrapper.guiConnectors).
@@ -46,6 +49,11 @@ def module_tree() -> ast.Module:
     return ast.parse(MODULE_PY.read_text())
 
 
+@pytest.fixture(scope="module")
+def helper_trees() -> dict[str, ast.Module]:
+    return {p.name: ast.parse(p.read_text()) for p in sorted(HELPERS_DIR.glob("*.py"))}
+
+
 def _constant(tree: ast.Module, name: str):
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
@@ -53,9 +61,8 @@ def _constant(tree: ast.Module, name: str):
     raise AssertionError(f"{name} is not defined in {MODULE_PY.name}")
 
 
-def _used_ui_names(tree: ast.Module) -> set[str]:
+def _used_ui_names(tree: ast.Module, max_channels: int) -> set[str]:
     """``self.ui.<name>`` plus ``getattr(self.ui, "<name>")`` / ``getattr(self.ui, f"<prefix>{i}")``."""
-    max_channels = _constant(tree, "MAX_CHANNELS")
     names: set[str] = set()
 
     def is_self_ui(node: ast.AST) -> bool:
@@ -77,9 +84,13 @@ def _used_ui_names(tree: ast.Module) -> set[str]:
     return names
 
 
-def test_every_ui_name_the_widget_uses_exists(ui_widgets, module_tree):
-    used = _used_ui_names(module_tree)
-    assert {"segmentButton", "sliceTableView", "inputVolumeSelector3", "exportButton"} <= used
+def test_every_ui_name_the_widget_uses_exists(ui_widgets, module_tree, helper_trees):
+    """In the Widget and in the GUI panels of the helper package (they are handed the same ``ui``)."""
+    max_channels = _constant(module_tree, "MAX_CHANNELS")
+    used = _used_ui_names(module_tree, max_channels)
+    for tree in helper_trees.values():
+        used |= _used_ui_names(tree, max_channels)
+    assert {"segmentButton", "sliceTableView", "inputVolumeSelector3", "exportButton", "markKeptButton"} <= used
     missing = sorted(used - set(ui_widgets))
     assert not missing, f"the Widget uses self.ui names that {UI_FILE.name} lacks: {missing}"
 
@@ -93,6 +104,17 @@ def test_widget_defines_the_four_classes(module_tree):
     assert bases["WeakTumorSegLogic"] == ["ScriptedLoadableModuleLogic"]
     assert bases["WeakTumorSegTest"] == ["ScriptedLoadableModuleTest"]
     assert "ScriptedLoadableModuleWidget" in bases["WeakTumorSegWidget"]
+
+
+def test_module_file_stays_thin(helper_trees):
+    """WeakTumorSeg.py keeps the template's classes and stays short; the work is in the helper package,
+    whose modules are small functions too."""
+    assert len(MODULE_PY.read_text().splitlines()) < 500
+    trees = {MODULE_PY.name: ast.parse(MODULE_PY.read_text()), **helper_trees}
+    long = [f"{name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)" for name, tree in trees.items()
+            for node in ast.walk(tree) if isinstance(node, ast.FunctionDef) and node.end_lineno - node.lineno >= 80]
+    assert not long, f"functions over 80 lines: {long}"
+    assert ast.get_docstring(helper_trees["__init__.py"]) and len(helper_trees["__init__.py"].body) == 1
 
 
 def _parameter_fields(tree: ast.Module) -> dict[str, str]:
@@ -185,8 +207,8 @@ def test_a_new_bundle_brings_its_threshold_and_scalp_margin(module_tree):
                     resets[ast.unparse(stmt.targets[0]).rsplit(".", 1)[1]] = (node, ast.unparse(stmt.value))
     assert set(resets) == {"threshold", "scalpMargin"}
     assert resets["threshold"][0] is resets["scalpMargin"][0]  # under the same "another bundle" condition
-    assert resets["threshold"][1] == "self._bundle.threshold"
-    assert "self._bundle.scalpMargin" in resets["scalpMargin"][1]
+    assert resets["threshold"][1] == "settings.filter_threshold"  # the bundle's (core) inference settings
+    assert "settings.scalp_margin_mm" in resets["scalpMargin"][1]
     calls = [n for n in ast.walk(_method(module_tree, "WeakTumorSegWidget", "onSegmentButton"))
              if isinstance(n, ast.Call) and ast.unparse(n.func) == "self.logic.process"]
     assert len(calls) == 1
@@ -237,12 +259,27 @@ def test_extension_cmake_has_metadata():
 
 
 def test_module_cmake_lists_every_python_file_it_installs():
+    """Every .py file of the core (subpackages included, as found on disk now) and of the helper package is
+    listed; the module folder itself holds only WeakTumorSeg.py (Slicer takes each .py there for a module)."""
     text = (MODULE_DIR / "CMakeLists.txt").read_text()
     listed = _cmake_set(text, "WEAKTUMORSEGLIB_PYTHON_FILES").split()
-    on_disk = sorted(p.name for p in (REPO_ROOT / "WeakTumorSegLib").glob("*.py"))
-    assert sorted(listed) == on_disk, "update WEAKTUMORSEGLIB_PYTHON_FILES in WeakTumorSeg/CMakeLists.txt"
-    assert "${MODULE_NAME}.py" in _cmake_set(text, "MODULE_PYTHON_SCRIPTS").split()
+    on_disk = sorted(p.relative_to(CORE_DIR).as_posix() for p in CORE_DIR.rglob("*.py"))
+    assert "bundle/info.py" in on_disk
+    assert sorted(listed) == on_disk, (
+        "update WEAKTUMORSEGLIB_PYTHON_FILES in WeakTumorSeg/CMakeLists.txt: "
+        f"missing {sorted(set(on_disk) - set(listed))}, not on disk {sorted(set(listed) - set(on_disk))}")
+    assert _cmake_set(text, "MODULE_PYTHON_SCRIPTS").split() == ["${MODULE_NAME}.py"]
+    assert re.search(r"foreach\(file \$\{WEAKTUMORSEGHELPERS_PYTHON_FILES\}\)\s*"
+                     r"list\(APPEND MODULE_PYTHON_SCRIPTS \$\{MODULE_NAME\}Helpers/\$\{file\}\)", text)
+    helpers = sorted(p.relative_to(HELPERS_DIR).as_posix() for p in HELPERS_DIR.rglob("*.py"))
+    assert "__init__.py" in helpers
+    assert sorted(_cmake_set(text, "WEAKTUMORSEGHELPERS_PYTHON_FILES").split()) == helpers, (
+        "update WEAKTUMORSEGHELPERS_PYTHON_FILES in WeakTumorSeg/CMakeLists.txt")
+    others = [p for p in MODULE_DIR.rglob("*.py") if p != MODULE_PY and HELPERS_DIR not in p.parents]
+    assert not others, f"Python files outside the helper package are not installed: {others}"
     assert sorted(p.name for p in MODULE_DIR.glob("*.py")) == ["WeakTumorSeg.py"]
+    assert not list(MODULE_DIR.rglob("WeakTumorSegLib*")), "nothing in the module may shadow the core"
+    assert re.search(r"configure_file\(\s*\$\{CMAKE_CURRENT_SOURCE_DIR\}/\.\./WeakTumorSegLib/\$\{file\}", text)
     resources = _cmake_set(text, "MODULE_PYTHON_RESOURCES").replace("${MODULE_NAME}", "WeakTumorSeg").split()
     for resource in resources:
         assert (MODULE_DIR / resource).is_file(), resource
