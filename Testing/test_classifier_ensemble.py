@@ -41,7 +41,7 @@ def test_preset_members_become_an_ensemble_architecture():
     arch, kwargs = classifier_architecture(resolve_config("default")["classifier"])
     assert arch == "classifier_ensemble" and kwargs["members"] == 3
     assert kwargs["architecture"] == "compact_classifier"
-    assert classifier_architecture(resolve_config("paper")["classifier"])[0] == "vgg16_bn"  # one, as in 000
+    assert classifier_architecture(resolve_config("paper")["classifier"])[0] == "vgg16_bn"  # one, as in the paper
 
 
 def test_bundle_with_an_ensemble_of_copies_segments_like_its_member(tmp_path, phantom):

@@ -1,4 +1,4 @@
-"""``weaktumorseg evaluate`` and :mod:`WeakTumorSegLib.evaluate` (000 Tables 2-6, C.1).
+"""``weaktumorseg evaluate`` and :mod:`WeakTumorSegLib.evaluate` (Yoo et al., Tables 2-6, C.1).
 
 The command runs on a small phantom cohort with the shipped stand-in bundle (real masks on
 phantoms), extended in a copy with the optional models ``segmenter0`` / ``baseline_seed_only``
@@ -170,7 +170,7 @@ def test_seed_overlap_is_pooled_from_per_volume_counts(evaluated):
     vols = read_csv(evaluated / "per_volume.csv")
     assert seeds["positive_voxels"] == sum(int(v["positive_seed_voxels"]) for v in vols) > 0
     assert 0.0 <= seeds["positive_overlap"] <= 1.0
-    assert seeds["negative_overlap"] > 0.95  # negative seeds are reliable (000 Table 3)
+    assert seeds["negative_overlap"] > 0.95  # negative seeds are reliable (Yoo et al., Tables 3)
 
 
 def test_filter_curve_and_correlation(evaluated):

@@ -1,4 +1,4 @@
-"""The FLAIR trim (``inference.flair_trim``, not in 000): a mask loses its voxels that are much
+"""The FLAIR trim (``inference.flair_trim``, not in the paper): a mask loses its voxels that are much
 darker on FLAIR than the mask's median voxel (``filtering.flair_trim``), for targets that are
 FLAIR-hyperintense by definition."""
 

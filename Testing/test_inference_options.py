@@ -1,4 +1,4 @@
-"""The inference options that are not in 000 (scalp margin, slice smoothing, FLAIR trim, component
+"""The inference options that are not in the paper (scalp margin, slice smoothing, FLAIR trim, component
 filter): a bad value stops the command with one line, and ``evaluate`` records the value it used
 and where it came from. What each option does is tested in its own file."""
 

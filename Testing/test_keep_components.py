@@ -1,4 +1,4 @@
-"""The component filter (``inference.keep_components``, not in 000): a mask keeps its large 3D
+"""The component filter (``inference.keep_components``, not in the paper): a mask keeps its large 3D
 connected components and has the holes of each slice filled (``filtering.keep_components``)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Metrics against hand computations (DESIGN.md: both Dice conventions, always labelled)."""
+"""Metrics against hand computations (both Dice conventions, always labelled; docs/evaluation.md)."""
 
 from __future__ import annotations
 

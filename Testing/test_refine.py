@@ -1,4 +1,4 @@
-"""Seed refinement (000 section 2.4) with a deterministic fake classifier.
+"""Seed refinement (Yoo et al., section 2.4) with a deterministic fake classifier.
 
 The fake classifier says "tumour" (p = 1) while any pixel of channel 0 inside a fixed tumour
 square is still bright (> 0.5), and p = 0 once the whole square has been blanked.

@@ -1,4 +1,4 @@
-"""The scalp margin (``inference.scalp_margin_mm``, not in 000): on images that are not
+"""The scalp margin (``inference.scalp_margin_mm``, not in the paper): on images that are not
 skull-stripped, bright scalp fat looks like FLAIR abnormality, so masks are cleared within a
 margin below the head's outer surface (``preprocess.head_depth``)."""
 

@@ -1,4 +1,4 @@
-"""Slice smoothing of the classifier gate (``inference.slice_smoothing``, not in 000): each
+"""Slice smoothing of the classifier gate (``inference.slice_smoothing``, not in the paper): each
 patch's tumour probability is averaged with the same tile's on the neighbouring slices before
 the gate, the fusion weight and the slice's ``p_tumor``."""
 

@@ -1,4 +1,4 @@
-"""What the ``tiny`` preset learns from slice labels alone, on a phantom cohort (000 sections 2.1-2.4).
+"""What the ``tiny`` preset learns from slice labels alone, on a phantom cohort (Yoo et al., section 2.1-2.4).
 
 One ``train --preset tiny`` run on twelve phantoms (20 x 144 x 144; the phantoms' 1 mm pixels
 want ``inplane_scale`` 1.0 instead of the preset's halving), then ``evaluate`` on eight phantoms
@@ -55,7 +55,7 @@ def test_classifier_separates_tumour_slices(trained):
 
 
 def test_seeds_land_on_and_off_the_tumour(trained):
-    seeds = trained["bundle"]["training"]["stages"]["seeds"]  # training true positives (000 section 4.1)
+    seeds = trained["bundle"]["training"]["stages"]["seeds"]  # training true positives (Yoo et al., section 4.1)
     assert seeds["seed_overlap_negative"] >= 0.99
     assert seeds["seed_overlap_positive"] >= 0.8
     unseen = trained["eval"]["seeds"]  # RISE seeds of segment on unseen phantoms

@@ -42,7 +42,7 @@ def residual_threshold_curve(flair_list: Sequence[np.ndarray], healthy_list: Seq
                              mask_list: Sequence[np.ndarray], grid: Sequence[float] = RESIDUAL_GRID,
                              median: int = 5) -> list[tuple[float, float]]:
     """``[(threshold, mean per-volume Dice)]`` of :func:`residual_baseline` over ``grid``; the
-    mean is over the tumour-bearing volumes (3D Dice of each volume, DESIGN.md's convention)."""
+    mean is over the tumour-bearing volumes (3D Dice of each volume, the project's convention, docs/evaluation.md)."""
     if not (len(flair_list) == len(healthy_list) == len(mask_list)):
         raise ValueError("flair_list, healthy_list and mask_list must have the same length")
     grid = [float(t) for t in grid]

@@ -1,8 +1,8 @@
 """Evaluation metrics: AUC, sensitivity/specificity, Dice (both conventions), seed overlap.
 
-DESIGN.md: report per-volume 3D Dice over tumour-bearing volumes and per-slice mean Dice over
+Report per-volume 3D Dice over tumour-bearing volumes and per-slice mean Dice over
 all evaluated slices with empty-vs-empty = 1 (the paper's convention), and always say which.
-The seed overlap metric (000 section 4.1) is the fraction of positive-seed voxels inside the
+The seed overlap metric (Yoo et al., section 4.1) is the fraction of positive-seed voxels inside the
 ground truth and the fraction of negative-seed voxels outside it.
 """
 

@@ -27,14 +27,13 @@ from scipy import ndimage
 if not __package__:  # run as a script: the folder above, Testing/, holds the ``support`` package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from support.phantoms import Phantom, make_phantom, write_case
 from WeakTumorSegLib.bundle.save import inference_architectures, save_bundle
 from WeakTumorSegLib.inference.settings import InferenceSettings
 from WeakTumorSegLib.networks.registry import build
 from WeakTumorSegLib.preprocessing.crop import brain_bbox, plan_crop, to_working
 from WeakTumorSegLib.preprocessing.intensity import PreprocessConfig, normalize_channel, zero_fraction
 from WeakTumorSegLib.preprocessing.tiling import Tiling
-
-from support.phantoms import Phantom, make_phantom, write_case
 
 CHANNELS = ("flair", "t1", "t1ce")
 PATCH = 128
@@ -46,7 +45,7 @@ def phantom_patches(ph: Phantom, channels: Sequence[str], pp: PreprocessConfig, 
 
     Returns ``x`` (n, C, P, P) inputs, ``healthy`` (n, 1, P, P) tumour-free FLAIR, ``mask``
     (n, P, P) and ``label`` (n,) - patches more than ``max_zero_fraction`` zero are dropped, as
-    000 drops such slices. The tumour and tumour-free volumes are normalised together so they
+    the paper drops such slices. The tumour and tumour-free volumes are normalised together so they
     share one intensity mapping.
     """
     z = ph.mask.shape[0]

@@ -30,11 +30,11 @@ METHOD_DECISIONS = {
                       "min-max, less noise); false gives RISE's sum_i p_i M_i / (N p1)",
     "seed_flair_gates": "rise.positive_flair_quantile: S+ and S+,r also need FLAIR above that quantile of the "
                         "image's non-zero FLAIR; rise.negative_flair_quantile: tissue at or below it joins the "
-                        "segmenters' S- (the converter keeps RISE's S-) (not in 000; null = the paper's seeds)",
+                        "segmenters' S- (the converter keeps RISE's S-) (not in the paper; null = the paper's seeds)",
     "classifier_augmentation": "classifier.augment: 'flip' mirrors each training image left-right with "
-                               "probability 0.5 (not in 000; 'none' = the paper)",
+                               "probability 0.5 (not in the paper; 'none' = the paper)",
     "classifier_members": "classifier.members > 1: C is the mean probability of that many classifiers, each "
-                          "trained on its own (initialisation, data order, schedule) (not in 000; 1 = the paper)",
+                          "trained on its own (initialisation, data order, schedule) (not in the paper; 1 = the paper)",
     "converter_negative_seed_rule": "train U on X_C images whose negative seeds cover < 50% (direction configurable)",
     "tile_stride": 64,
     "refinement": "union of accepted components, undilated",

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from ..bundle.info import BundleInfo
 from ..progress import Progress
-from .arguments import PROG
+from .arguments import PROG, UsageError
 
 
 def printers(args) -> tuple[Progress, Callable[[str], None], Callable[[str], None]]:
@@ -33,3 +34,13 @@ def warn_training(bundle: BundleInfo, warn: Callable[[str], None]) -> None:
     written one)."""
     for line in bundle.training_warnings:
         warn(f"bundle '{bundle.name}' may not work: its training warned: {line}")
+
+
+def check_outputs(folder: Path, names: Iterable[str], overwrite: bool) -> None:
+    """Refuse an output folder that is a file, and existing outputs unless ``overwrite``."""
+    if folder.exists() and not folder.is_dir():
+        raise UsageError("output path exists and is not a folder", folder)
+    if not overwrite:
+        for fname in names:
+            if (folder / fname).exists():
+                raise UsageError("output already exists; pass --overwrite to replace it", folder / fname)

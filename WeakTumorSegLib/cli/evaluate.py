@@ -9,23 +9,31 @@ from pathlib import Path
 
 from ..bundle.info import default_bundle_dir
 from ..errors import InputError
-from .arguments import (DEVICE_HELP, UsageError, add_postprocess_options, add_run_options, fraction_arg,
-                        positive_int, postprocess_overrides)
-from .common import printers, warn_training
+from .arguments import (
+    DEVICE_HELP,
+    add_postprocess_options,
+    add_run_options,
+    fraction_arg,
+    positive_int,
+    postprocess_overrides,
+)
+from .common import check_outputs, printers, warn_training
 
 #: what ``--help`` and the configuration say about the residual baseline's healthy FLAIR
 RESIDUAL_HEALTHY = ("converter on every tissue patch (no classifier gate), positive part of FLAIR - healthy on the "
                     "normalised [0, 1] scale, median per axial slice")
 
 
+HELP = "evaluate a bundle against ground-truth masks (Yoo et al., Tables 2-6 and C.1)"
+DESCRIPTION = ("Segment patients with ground-truth masks and write metrics.json, tables.md, per_volume.csv, "
+               "per_slice.csv, filter_curve.csv and filter_curve.png into --out: classifier AUC / "
+               "sensitivity / specificity, seed overlap, Dice of every model and baseline (per-volume 3D, "
+               "per-slice with empty-vs-empty = 1, per-slice over tumour slices), the difference-score "
+               "filter curve and its correlation with Dice.")
+
+
 def add_parser(sub) -> None:
-    ev = sub.add_parser(
-        "evaluate", help="evaluate a bundle against ground-truth masks (Yoo et al., Tables 2-6 and C.1)",
-        description="Segment patients with ground-truth masks and write metrics.json, tables.md, per_volume.csv, "
-                    "per_slice.csv, filter_curve.csv and filter_curve.png into --out: classifier AUC / "
-                    "sensitivity / specificity, seed overlap, Dice of every model and baseline (per-volume 3D, "
-                    "per-slice with empty-vs-empty = 1, per-slice over tumour slices), the difference-score "
-                    "filter curve and its correlation with Dice.")
+    ev = sub.add_parser("evaluate", help=HELP, description=DESCRIPTION)
     ev.add_argument("--bundle", "-b", type=Path, default=None,
                     help="model bundle folder (default: the shipped default bundle)")
     ev.add_argument("--data", type=Path, required=True,
@@ -72,17 +80,6 @@ def _configuration(args, cases, source, device, options, rise, residual: dict) -
     }
 
 
-def _check_outputs(args: argparse.Namespace) -> None:
-    from ..evaluation.report import OUTPUTS
-
-    if args.out.exists() and not args.out.is_dir():
-        raise UsageError("output path exists and is not a folder", args.out)
-    if not args.overwrite:
-        for fname in OUTPUTS.values():
-            if (args.out / fname).exists():
-                raise UsageError("output already exists; pass --overwrite to replace it", args.out / fname)
-
-
 def _print_summary(bundle, cases, source, metrics, written, seconds: float) -> None:
     seg, clf = metrics["segmentation"]["fused"], metrics["classifier"]["from_masks"]
     fmt = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
@@ -98,15 +95,20 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..evaluation.cases import require_masks, select_cases
-    from ..evaluation.evaluate import (EvaluateOptions, build_metrics, load_evaluation_bundle, residual_setting,
-                                       run_evaluation)
+    from ..evaluation.evaluate import (
+        EvaluateOptions,
+        build_metrics,
+        load_evaluation_bundle,
+        residual_setting,
+        run_evaluation,
+    )
     from ..evaluation.report import OUTPUTS, write_outputs
     from ..inference.device import resolve_device
     from ..io.cohort import discover
 
     t_start = time.perf_counter()
     progress, note, warn = printers(args)
-    _check_outputs(args)
+    check_outputs(args.out, OUTPUTS.values(), args.overwrite)
     bundle = load_evaluation_bundle(args.bundle if args.bundle is not None else default_bundle_dir())
     warn_training(bundle, warn)
     settings = bundle.settings(**postprocess_overrides(args))

@@ -14,16 +14,31 @@ from pathlib import Path
 from .. import __version__
 from ..bundle.info import BUNDLE_FILE, BundleInfo, default_bundle_dir, sha256_file
 from ..errors import InputError, WeakTumorSegError
-from ..io.atomic import OutputSet
 from ..inference.result import SegmentationResult
+from ..io.atomic import OutputSet
 from ..io.images import Volume, image_stem, read_channels, write_mask
 from ..io.names import NEGATIVE_SEEDS_SEGMENT, POSITIVE_SEEDS_SEGMENT, SLICE_COLUMNS, TUMOR_SEGMENT, segment_outputs
-from ..io.segmentation import (NEGATIVE_SEED_COLOR, POSITIVE_SEED_COLOR, SEED_TERMINOLOGY, TUMOR_COLOR,
-                               TUMOR_TERMINOLOGY, Segment, write_segmentation)
+from ..io.segmentation import (
+    NEGATIVE_SEED_COLOR,
+    POSITIVE_SEED_COLOR,
+    SEED_TERMINOLOGY,
+    TUMOR_COLOR,
+    TUMOR_TERMINOLOGY,
+    Segment,
+    write_segmentation,
+)
 from ..io.tables import write_csv
-from .arguments import (DEVICE_HELP, UsageError, add_postprocess_options, add_run_options, channel_arg,
-                        fraction_arg, positive_int, postprocess_overrides)
-from .common import printers, warn_training
+from .arguments import (
+    DEVICE_HELP,
+    UsageError,
+    add_postprocess_options,
+    add_run_options,
+    channel_arg,
+    fraction_arg,
+    positive_int,
+    postprocess_overrides,
+)
+from .common import check_outputs, printers, warn_training
 
 
 def _default_channels() -> str:
@@ -35,11 +50,13 @@ def _default_channels() -> str:
     return f"the default bundle '{info.name}' needs {', '.join(info.channels)}"
 
 
+HELP = "segment one patient's MR volume with a model bundle"
+DESCRIPTION = ("Segment one patient's MR volume. Writes <name>.seg.nrrd (Slicer segmentation), "
+               "<name>_mask.nii.gz, <name>_slices.csv (one row per axial slice) and <name>_report.json.")
+
+
 def add_parser(sub) -> None:
-    seg = sub.add_parser(
-        "segment", help="segment one patient's MR volume with a model bundle",
-        description="Segment one patient's MR volume. Writes <name>.seg.nrrd (Slicer segmentation), "
-                    "<name>_mask.nii.gz, <name>_slices.csv (one row per axial slice) and <name>_report.json.")
+    seg = sub.add_parser("segment", help=HELP, description=DESCRIPTION)
     seg.add_argument("--channel", "-c", action="append", type=channel_arg, required=True, metavar="NAME=PATH",
                      help="an input channel, e.g. flair=patient_flair.nii.gz; repeat for each channel the bundle "
                           f"needs ({_default_channels()}; channels it does not use are ignored)")
@@ -84,15 +101,6 @@ def match_channels(given: Sequence[tuple[str, str]], bundle: BundleInfo) -> tupl
     notes = [f"channel '{n}' ({seen[n]}) is ignored: bundle '{bundle.name}' uses {', '.join(needed)}"
              for n in unknown]
     return {c: seen[c] for c in needed}, notes
-
-
-def _check_outputs(args: argparse.Namespace, outputs: dict[str, str]) -> None:
-    if args.out.exists() and not args.out.is_dir():
-        raise UsageError("output path exists and is not a folder", args.out)
-    if not args.overwrite:
-        for fname in outputs.values():
-            if (args.out / fname).exists():
-                raise UsageError("output already exists; pass --overwrite to replace it", args.out / fname)
 
 
 def _segments(result, seeds: bool) -> list[Segment]:
@@ -193,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
     if not name or "/" in name or name.startswith("."):
         raise UsageError(f"invalid output name {name!r}; pass --name")
     outputs = segment_outputs(name)
-    _check_outputs(args, outputs)
+    check_outputs(args.out, outputs.values(), args.overwrite)
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)

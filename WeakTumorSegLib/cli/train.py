@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .arguments import PROG, DEVICE_HELP, UsageError, add_run_options
+from .arguments import DEVICE_HELP, PROG, UsageError, add_run_options
 
 PRESETS_HELP = ("paper: the settings of Yoo et al. (VGG16 classifier, 100-200 epochs per network; for a GPU); "
                 "default: compact networks and short schedules that train on about 40 patients in about half an "
@@ -16,12 +16,14 @@ PRESETS_HELP = ("paper: the settings of Yoo et al. (VGG16 classifier, 100-200 ep
                 "or nothing on MR). Default: default")
 
 
+HELP = "train a model bundle from slice-level labels (Yoo et al., stage by stage)"
+DESCRIPTION = ("Train a bundle from slice labels only. Each stage checkpoints into the run directory "
+               "(default: <out>.run beside the bundle); --resume continues a killed run. Under torchrun "
+               "the stages train with DistributedDataParallel.")
+
+
 def add_parser(sub) -> None:
-    tr = sub.add_parser(
-        "train", help="train a model bundle from slice-level labels (Yoo et al., stage by stage)",
-        description="Train a bundle from slice labels only. Each stage checkpoints into the run directory "
-                    "(default: <out>.run beside the bundle); --resume continues a killed run. Under torchrun "
-                    "the stages train with DistributedDataParallel.")
+    tr = sub.add_parser("train", help=HELP, description=DESCRIPTION)
     tr.add_argument("--data", type=Path, required=True,
                     help="cohort folder (one sub-folder per patient: <id>_<channel>.nii.gz, optional <id>_seg.nii.gz "
                          "and <id>_slice_labels.csv) or a manifest CSV (patient, one column per channel, mask, labels)")

@@ -10,6 +10,7 @@ from ..bundle.info import BUNDLE_FILE
 from ..errors import InputError, WeakTumorSegError
 from ..io.cohort import Case
 
+
 def select_cases(cases: Sequence[Case], bundle_config: Mapping, data: str | Path, patients: str | None = None,
                  split: str | None = None, bundle_path: str | Path | None = None) -> tuple[list[Case], str, list[str]]:
     """Choose the patients to evaluate: ``(cases, description of the choice, notes)``.

@@ -88,7 +88,7 @@ def _num(x, digits: int = 4) -> str:
 
 
 def tables_markdown(metrics: Mapping) -> str:
-    """Markdown tables in the style of 000's Tables 2-6 and C.1, for a README or a model card."""
+    """Markdown tables in the style of Yoo et al.'s Tables 2-6 and C.1, for a README or a model card."""
     cfg, cohort = metrics["configuration"], metrics["cohort"]
     out = [f"### Evaluation of bundle `{metrics['bundle']['name']}`", "",
            (f"{cohort['patients']} patients ({cfg['patients_source']}), {cohort['slices']} axial slices, "
@@ -165,8 +165,11 @@ def tables_markdown(metrics: Mapping) -> str:
     return "\n".join(out)
 
 
-def plot_filter_curve(rows: Sequence[Mapping], path: str | Path, title: str = "") -> None:
-    """PNG of the filter curve: Dice of the kept slices and % removed against the threshold."""
+def plot_filter_curve(rows: Sequence[Mapping], path: str | Path, title: str = "",
+                      threshold: float | None = None) -> None:
+    """PNG of the filter curve: Dice of the kept slices and % removed against the threshold, with
+    ``threshold`` (the bundle's) marked. Where the filter keeps no non-empty mask, the Dice of the
+    kept tumour slices is left out (a gap) rather than drawn as the 0 of their empty masks."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -176,10 +179,14 @@ def plot_filter_curve(rows: Sequence[Mapping], path: str | Path, title: str = ""
     ax = fig.add_subplot(1, 1, 1)
     nan = float("nan")
     val = lambda r, k: nan if r[k] is None else r[k]  # noqa: E731
+    no_mask_kept = [r["percent_removed_of_nonempty"] is not None and r["percent_removed_of_nonempty"] >= 100
+                    for r in rows]
     ax.plot(t, [val(r, "dice_kept_per_slice_paper") for r in rows], "o-", color="tab:blue",
-            label="Dice of kept slices (per slice, paper)")
-    ax.plot(t, [val(r, "dice_kept_per_slice_tumour") for r in rows], "s--", color="tab:cyan",
-            label="Dice of kept tumour slices")
+            label="Dice of kept slices (per slice, empty slices count 1)")
+    ax.plot(t, [nan if gap else val(r, "dice_kept_per_slice_tumour") for r, gap in zip(rows, no_mask_kept)], "s--",
+            color="tab:cyan", label="Dice of kept tumour slices")
+    if threshold is not None:
+        ax.axvline(threshold, color="0.4", linestyle=":", label=f"bundle's threshold ({threshold:g})")
     ax.set_xlabel("difference-score threshold")
     ax.set_ylabel("mean Dice")
     ax.set_ylim(0, 1.02)
@@ -190,10 +197,11 @@ def plot_filter_curve(rows: Sequence[Mapping], path: str | Path, title: str = ""
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="lower right", fontsize=8)
-    ax.set_title(title or "Difference-score filter (000 Table 6 / A.1)", fontsize=10)
+    ax.set_title(title or "Difference-score filter (Yoo et al., Tables 6 / A.1)", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(str(path), format="png")
+
 
 def write_outputs(out_dir: str | Path, metrics: Mapping, evaluations: Sequence[CaseEvaluation]) -> list[Path]:
     """Write every output file atomically (all appear together or none)."""
@@ -210,5 +218,6 @@ def write_outputs(out_dir: str | Path, metrics: Mapping, evaluations: Sequence[C
         write_csv([{k: _fmt(r[k]) if k != "threshold" else f"{r[k]:.1f}" for k in FILTER_COLUMNS} for r in curve],
                   FILTER_COLUMNS, out.path(OUTPUTS["filter_curve"]))
         plot_filter_curve(curve, out.path(OUTPUTS["filter_plot"]),
-                          f"{metrics['bundle']['name']}: difference-score filter (fused model)")
+                          f"{metrics['bundle']['name']}: difference-score filter (fused model)",
+                          metrics["configuration"].get("difference_threshold"))
         return out.commit()

@@ -85,7 +85,7 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
 def filter_curve(dice: np.ndarray, mask_pixels: np.ndarray, scores: np.ndarray, truth_pixels: np.ndarray,
                  thresholds: Sequence[float] = FILTER_THRESHOLDS) -> list[dict]:
     """Table 6 / A.1: per threshold, the slices the difference-score filter removes (non-empty
-    mask and score below the threshold, 000 section 2.5), the mean per-slice Dice of the kept
+    mask and score below the threshold, Yoo et al., section 2.5), the mean per-slice Dice of the kept
     and of the removed slices (paper convention; also over kept tumour slices) and the share
     removed (of all slices and of the slices with a non-empty mask)."""
     dice, mask_pixels = np.asarray(dice, dtype=np.float64), np.asarray(mask_pixels)

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..io.names import SLICE_COLUMNS
 from .settings import InferenceSettings
 
 

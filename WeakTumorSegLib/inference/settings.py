@@ -25,6 +25,8 @@ MAX_SLICE_SMOOTHING = 1.0 / 3.0
 #: The scalp margin must lie below this many mm.
 MAX_SCALP_MARGIN_MM = 1000.0
 
+#: The value that turns an optional step off.
+OFF = 0.0
 #: Settings a user may override, with the command-line option that does it.
 OPTIONS = {"filter_threshold": "--threshold", "scalp_margin_mm": "--scalp-margin",
            "slice_smoothing": "--slice-smoothing", "flair_trim": "--flair-trim",
@@ -38,30 +40,30 @@ _RANGES = {"filter_threshold": (0.0, 1.0, "1"), "slice_smoothing": (0.0, MAX_SLI
 class InferenceSettings:
     """Everything that decides how one volume is segmented, besides the networks."""
 
-    #: tile stride in pixels of the 128-pixel patches (not given in the paper; 64: every interior
-    #: pixel is covered by up to four patches)
     stride: int = 64
-    #: a patch whose classifier output is at or below this is gated out (empty map)
+    """Tile stride in pixels of the 128-pixel patches (not given in the paper; 64: every interior pixel is
+    covered by up to four patches)."""
     gate_threshold: float = 0.5
-    #: the fused probability is binarised above this
+    """A patch whose classifier output is at or below this is gated out (empty map)."""
     mask_threshold: float = 0.5
-    #: a non-empty slice whose difference score is below this is flagged for review
+    """The fused probability is binarised above this."""
     filter_threshold: float = 0.2
-    #: a slice whose classifier output lies this close to the gate is flagged as undecided
+    """A non-empty slice whose difference score is below this is flagged for review."""
     undecided_margin: float = 0.1
-    #: patches per forward pass
+    """A slice whose classifier output lies this close to the gate is flagged as undecided."""
+    scalp_margin_mm: float = OFF
+    """Clear masks this many mm below the head's outer surface (0: off; for images that are not
+    skull-stripped)."""
+    slice_smoothing: float = OFF
+    """Weight of each neighbouring slice's classifier output in the gate's average (0: off)."""
+    flair_trim: float = OFF
+    """Clear mask voxels whose FLAIR is below this fraction of the mask's median FLAIR (0: off)."""
+    keep_components: float = OFF
+    """Keep the mask's 3D components of at least this fraction of the largest one (0: off)."""
     batch_size: int = 32
-    #: clear masks this many mm below the head's outer surface (0: off; for images that are not
-    #: skull-stripped)
-    scalp_margin_mm: float = 0.0
-    #: weight of each neighbouring slice's classifier output in the gate's average (0: off)
-    slice_smoothing: float = 0.0
-    #: clear mask voxels whose FLAIR is below this fraction of the mask's median FLAIR (0: off)
-    flair_trim: float = 0.0
-    #: keep the mask's 3D components of at least this fraction of the largest one (0: off)
-    keep_components: float = 0.0
-    #: where each overridable setting came from: ``bundle`` or its command-line option
+    """Patches per forward pass."""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+    """Where each overridable setting came from: ``bundle`` or its command-line option."""
 
     @classmethod
     def resolve(cls, section: Mapping | None = None, overrides: Mapping[str, float | None] | None = None,

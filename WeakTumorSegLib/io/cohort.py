@@ -193,7 +193,7 @@ def slice_labels(case: Case, n_slices: int, erosion: int = 0) -> np.ndarray:
     From the labels CSV when the case has one (its ``tumor`` column, indexed by
     ``slice_index``; ``erosion`` does not apply). Otherwise from the mask: binarised (> 0),
     each axial slice eroded in-plane ``erosion`` times with the 4-connected cross
-    (``generate_binary_structure(2, 1)``; 000 erodes to remove tiny labels without naming the
+    (``generate_binary_structure(2, 1)``; the paper erodes to remove tiny labels without naming the
     structuring element), label 1 if anything remains. Raises :class:`InputError` naming the
     file when the CSV disagrees with the volume's slice count or is malformed, or when the mask's
     slice count differs.

@@ -12,6 +12,7 @@ import numpy as np
 
 from .images import Geometry
 
+
 @dataclass(frozen=True)
 class Segment:
     """One segment of a Slicer segmentation: a binary mask with a name, colour and terminology."""

@@ -6,6 +6,7 @@ import csv
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+
 def write_csv(rows: Sequence[Mapping[str, object]], columns: Sequence[str], path: str | Path) -> None:
     """Write ``rows`` (dicts) as CSV with the given column order."""
     with open(path, "w", newline="") as fh:

@@ -127,7 +127,7 @@ class CompactClassifier(Classifier):
 
 class ClassifierEnsemble(Classifier):
     """``members`` classifiers of one architecture, each trained as a classifier of its own would
-    be (own initialisation, data order and schedule); C's probability is their mean (not in 000).
+    be (own initialisation, data order and schedule); C's probability is their mean (not in the paper).
     The averaged output is what the gate, the fusion weight, RISE and the refinement see."""
 
     def __init__(self, architecture: str = "compact_classifier", kwargs: Mapping | None = None, members: int = 3,

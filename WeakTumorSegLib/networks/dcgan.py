@@ -111,7 +111,7 @@ class UNet(nn.Module):
     :meth:`forward_with_code` also returns the encoder's code (for the converter's KL loss).
 
     ``skips`` keeps that many skip connections, coarsest first (4, 8, 16, 32, 64 pixels for a
-    128 input; ``None`` = all five). 000 does not say at which levels U has skips. Without the
+    128 input; ``None`` = all five). the paper does not say at which levels U has skips. Without the
     64-pixel one the converter cannot copy a tumour through at nearly full resolution: on
     phantoms (``tiny``, 30 epochs) its change inside / outside the tumour was 3.2 with four
     skips and 2.2 with five."""

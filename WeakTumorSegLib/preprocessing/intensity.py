@@ -59,6 +59,6 @@ def normalize_channels(channels: Mapping[str, np.ndarray], names: Sequence[str],
 
 
 def zero_fraction(stack: np.ndarray) -> np.ndarray:
-    """Per slice, the fraction of in-plane positions that are zero in every channel (000 drops
+    """Per slice, the fraction of in-plane positions that are zero in every channel (the paper drops
     training slices where this exceeds 0.5)."""
     return (stack == 0).all(axis=1).mean(axis=(1, 2))

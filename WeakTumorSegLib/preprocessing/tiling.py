@@ -1,4 +1,4 @@
-"""Tiling whole slices into fixed-size patches and stitching patch maps back (000 section 3).
+"""Tiling whole slices into fixed-size patches and stitching patch maps back (Yoo et al., section 3).
 
 The networks see 128x128 patches; at inference the paper splits each whole slice into
 patches, runs them and averages the probability maps where patches overlap. The stride is not

@@ -11,6 +11,7 @@ import torch
 from .healthy_gan import generator_adversarial_loss
 from .tensors import SIGMA_MIN, flat_images, same_pixels
 
+
 def reconstruction_loss(x: torch.Tensor, x_hat: torch.Tensor, neg_seeds: torch.Tensor) -> torch.Tensor:
     """``L_recon`` (Eq. 8): L1 between ``x_C,FLAIR`` and ``U(x_C,FLAIR)`` on the negative seeds.
 
@@ -43,7 +44,7 @@ def kl_loss(code: torch.Tensor) -> torch.Tensor:
 
     * ``mu`` and ``sigma`` are the empirical statistics of the elements of each code vector
       (the encoder has no separate mean / log-variance heads; the text's "mean and standard
-      deviation of z_hat" suggests this; DIGEST ambiguity 3). The loss therefore pushes each
+      deviation of z_hat" suggests this; docs/method.md). The loss therefore pushes each
       code's elements towards mean 0 and standard deviation 1.
     * ``sigma`` is the biased (population) standard deviation (divide by the latent size, not
       latent size - 1), so a code like ``[1, -1, 1, -1]`` has ``sigma = 1`` and loss 0.

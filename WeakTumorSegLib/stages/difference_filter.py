@@ -17,7 +17,6 @@ import numpy as np
 from ..io.names import REASON_LOW_DIFFERENCE, REASON_UNDECIDED
 
 
-
 def mean_in_mask(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Per slice of ``(slice, row, column)`` arrays, the mean of ``values`` inside ``mask``;
     1 where the slice's mask is empty (Eq. 19's convention)."""

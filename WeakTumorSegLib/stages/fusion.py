@@ -1,11 +1,11 @@
-"""Classifier gating and fusion of the under- and over-segmenting models (000 section 2.4).
+"""Classifier gating and fusion of the under- and over-segmenting models (Yoo et al., section 2.4).
 
 For an image with classifier output p: if p <= 0.5 the segmentation is empty; otherwise
 w = 2(p - 0.5) and m1 = w * m_OS + (1 - w) * m_US (Eqs. 17-18), binarised at 0.5. A confident
 classifier trusts the over-segmenting model S_OS, an unsure one the under-segmenting S_US.
 
-Not in 000, off unless a bundle sets ``inference.slice_smoothing``: :func:`smooth_across_slices`
-averages C's outputs with those of the neighbouring slices before the gate. 000 classifies every
+Not in the paper, off unless a bundle sets ``inference.slice_smoothing``: :func:`smooth_across_slices`
+averages C's outputs with those of the neighbouring slices before the gate. The paper classifies every
 slice on its own; a tumour, however, spans consecutive slices, so a slice between two confident
 neighbours is more likely tumour than its own score says, and a lone confident slice less.
 """

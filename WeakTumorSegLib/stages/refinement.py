@@ -1,4 +1,4 @@
-"""Seed refinement with the classifier (000 section 2.4).
+"""Seed refinement with the classifier (Yoo et al., section 2.4).
 
 The initial segmenter S0 gives masks M0 on the true-positive images X_C. Each mask is
 binarised at 0.5 (values above become 1, values at or below become 0) and split into connected
@@ -8,10 +8,10 @@ the blanked image. A component is accepted when C's mean output over the five ra
 0.5, i.e. blanking it removes what C sees as tumour, consistently across the radii.
 
 Accepted components, undilated, form the refined positive seeds S+,r; the images with at least
-one accepted component form X_C,r. Negative seeds are left to the caller (000 keeps them
+one accepted component form X_C,r. Negative seeds are left to the caller (the paper keeps them
 unchanged and only restricts them to X_C,r and X_NC).
 
-Decisions where 000 is silent (DESIGN.md, digest ambiguity 11):
+Decisions where the paper is silent (docs/method.md):
 
 * several accepted components in one image: the seed is their union;
 * the seed is the undilated component (dilation only serves the test);
@@ -131,7 +131,7 @@ def _variants(images: np.ndarray, labels: list[np.ndarray], counts: np.ndarray,
 def refine_seeds(classify: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray, masks: np.ndarray,
                  config: RefineConfig = RefineConfig(), device: torch.device | str = "cpu",
                  progress: Callable[[int, int], None] | None = None) -> RefineResult:
-    """Refined positive seeds S+,r and membership of X_C,r (000 section 2.4).
+    """Refined positive seeds S+,r and membership of X_C,r (Yoo et al., section 2.4).
 
     ``classify`` maps ``(B, C, H, W)`` float32 on ``device`` to probabilities ``(B,)``;
     ``images`` is ``(N, C, H, W)`` (the true-positive images X_C), ``masks`` ``(N, H, W)`` are S0's

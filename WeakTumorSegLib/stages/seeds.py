@@ -1,4 +1,4 @@
-"""RISE explanation maps and positive/negative seeds (000 section 2.1).
+"""RISE explanation maps and positive/negative seeds (Yoo et al., section 2.1).
 
 RISE (Petsiuk et al. 2018) explains a black-box classifier by masking its input with N random
 smooth masks M_i and weighting each mask by the classifier's output on the masked image:
@@ -18,7 +18,7 @@ pixel to pixel) cancels. With 200 masks on phantoms it raised the share of posit
 inside the tumour from 0.43 to 0.81. Trained bundles use it; RISE's own estimator stays the default
 of :class:`RiseConfig`.
 
-Decisions where 000 is silent (DESIGN.md): maps are computed at the classifier's resolution (the
+Decisions where the paper is silent (docs/method.md): maps are computed at the classifier's resolution (the
 patch upsampled x2, as C sees it) and resampled to the patch size; each map is min-max
 normalised per image, and seeds are S+ = e > 0.8, S- = e < 0.2 (the paper's "20 % of the
 maximum and minimum"). Tumour-free images get S+ empty and S- everywhere.
@@ -50,10 +50,10 @@ class RiseConfig:
     #: subtract the mean score times the mask coverage (a control variate; see :func:`rise_maps`)
     centered: bool = False
     #: if set, S+ also needs FLAIR above this quantile of the image's non-zero FLAIR pixels
-    #: (:func:`gate_positive_seeds`; not in 000, ``None`` = the paper's seeds)
+    #: (:func:`gate_positive_seeds`; not in the paper, ``None`` = the paper's seeds)
     positive_flair_quantile: float | None = None
     #: if set, tissue at or below this FLAIR quantile joins the segmenters' S- (:func:`extend_negative_seeds`;
-    #: not in 000)
+    #: not in the paper)
     negative_flair_quantile: float | None = None
 
     def to_dict(self) -> dict:
@@ -215,7 +215,7 @@ def gate_positive_seeds(pos: torch.Tensor, flair: torch.Tensor, quantile: float 
     """Keep the positive seeds ``(N, H, W)`` where FLAIR ``(N, H, W)`` exceeds the ``quantile``
     of that image's non-zero FLAIR pixels (``None``: ``pos`` unchanged).
 
-    Not in 000: an option for cohorts whose target is the FLAIR abnormality (glioma, oedema),
+    Not in the paper: an option for cohorts whose target is the FLAIR abnormality (glioma, oedema),
     which is hyperintense by definition. RISE's blob of high saliency is about as large as a
     mask cell and spills over the tumour border; the intensity gate keeps its bright core.
     On 100 TCGA-LGG tumour slices (8 cells, 200 masks) the share of S+ pixels inside the
@@ -231,7 +231,7 @@ def extend_negative_seeds(neg: torch.Tensor, flair: torch.Tensor, quantile: floa
     """Add to the negative seeds ``(N, H, W)`` the tissue whose FLAIR is at or below the
     ``quantile`` of that image's non-zero FLAIR (``None``: ``neg`` unchanged).
 
-    Not in 000; the counterpart of :func:`gate_positive_seeds`: tissue darker than most of the
+    Not in the paper; the counterpart of :func:`gate_positive_seeds`: tissue darker than most of the
     slice is not FLAIR abnormality. RISE leaves a wide undecided ring (0.2 <= e <= 0.8) around
     its blob that no seed constrains, and the segmenters fill it. Training applies it to the
     segmenters' S- only (the converter's L_recon stays on RISE's S-).

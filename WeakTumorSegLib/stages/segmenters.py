@@ -1,4 +1,4 @@
-"""Segmenters S0, S_US, S_OS: losses (000 sections 2.3, 2.4).
+"""Segmenters S0, S_US, S_OS: losses (Yoo et al., section 2.3, 2.4).
 
 The three segmenters are :class:`~WeakTumorSegLib.generator.UNet` models producing a tumour
 probability map ``m`` (``(B, 1, H, W)``, sigmoid output). They are trained with
@@ -49,7 +49,7 @@ def seed_loss(m: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, balanced: b
     * Negative seeds use ``-log(1 - m)``. Eqs. 12 and 16 apply ``log(m)`` to both seed sets,
       which would push ``m`` to 1 on the negative seeds and contradicts the text ("guide the
       model toward the desired tumor segmentations"; outputs "close to 0 or 1"); the text is
-      followed (DIGEST ambiguity 1).
+      followed (docs/method.md).
     * An image with no seed at all (``|S+| + |S-| = 0``) contributes 0 but still counts in the
       mean over ``B``.
     * ``m`` is clamped to ``[1e-7, 1 - 1e-7]`` before the logarithms.
@@ -89,8 +89,8 @@ def variation_loss(m: torch.Tensor, x_flair: torch.Tensor, x_hat_flair: torch.Te
 
     * The voxel-wise L1 map is weighted by ``1 - m`` as the text says. Eq. 13 weights it by the
       negative seeds ``s-`` and normalises by ``sum s-`` (copied from Eq. 8), which would make
-      the term independent of ``m`` and so of no use for training the segmenter (DIGEST
-      ambiguity 2). Where ``m = 1`` the difference is ignored.
+      the term independent of ``m`` and so of no use for training the segmenter (docs/method.md).
+      Where ``m = 1`` the difference is ignored.
     * Normalisation (unspecified in the paper): divide by the number of pixels ``H W`` of the
       image, i.e. the per-pixel mean, which keeps the term on the scale of ``L_recon``
       (a mean absolute difference) and independent of the patch size.
