@@ -1,12 +1,12 @@
 """Benchmark (a): wall time and throughput of ``weaktumorseg segment``.
 
 For each case (the shipped sample patient in ``Resources/SampleData/`` and the BraTS case(s) in
-``/work/shared/data/brats_samples``) it measures, with a fixed number of CPU threads:
+``../shared/data/brats_samples`` beside the repository) it measures, with a fixed number of CPU threads:
 
 * **CLI**: the whole ``python -m WeakTumorSegLib segment ...`` process, end to end (interpreter
   start, imports, bundle loading and verification, reading, inference, writing), median of
   ``--repeats`` runs after one untimed warm-up run;
-* **in-process**: ``Bundle.load``, ``read_channels`` and ``inference.segment_arrays`` (the model
+* **in-process**: ``Bundle.load``, ``read_channels`` and ``inference.pipeline.segment_arrays`` (the model
   already loaded), each the median of ``--repeats`` runs (``segment_arrays`` after a warm-up),
   with the per-stage times ``segment_arrays`` reports;
 * **FLOPs**: the matrix-multiply and convolution FLOPs of the forward passes one
@@ -32,7 +32,7 @@ from pathlib import Path
 from _common import (BRATS_CHANNELS, REPO_ROOT, busy_note, channel_files, load_average, machine_info, matmul_peak,
                      patient_samples, set_threads, summary, table, thread_env, timed, write_json)
 
-DEFAULT_BRATS = Path("/work/shared/data/brats_samples")
+DEFAULT_BRATS = REPO_ROOT.parent / "shared" / "data" / "brats_samples"  # ../shared/data/brats_samples
 STAGES = ("preprocess", "classify", "segment", "convert", "seeds", "postprocess")
 
 

@@ -17,7 +17,7 @@ healthy variants between stages) is reported as the difference between the wall 
 sum of the stages; reading the cohort is timed separately from the run's progress events.
 
 Run from the repository root, e.g.
-``python benchmarks/bench_train.py --data /work/shared/data/lgg --out /tmp/lgg-default --json train.json``.
+``python benchmarks/bench_train.py --data ../shared/data/lgg --out lgg-default --json train.json``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pathlib import Path
 
 from _common import REPO_ROOT, busy_note, load_average, machine_info, table, thread_env, write_json
 
-#: Stage order of ``WeakTumorSegLib.train`` when it cannot be imported; stages a newer library
+#: Stage order of ``WeakTumorSegLib.training`` when it cannot be imported; stages a newer library
 #: adds are found in the bundle and the run directory and listed as well.
 FALLBACK_STAGES = ("classifier", "seeds", "gan", "converter", "segmenter0", "refine", "segmenter_us",
                    "segmenter_os", "bundle")
@@ -100,6 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def make_phantom_cohort(root: Path, n: int, shape: tuple[int, int, int]) -> Path:
     """``n`` phantom patients ``p00, p01, ...`` in the cohort folder layout (images, masks, labels)."""
+    sys.path.insert(0, str(REPO_ROOT / "Testing"))  # the phantoms are test support
     from support.phantoms import make_phantom, write_case
 
     for i in range(n):

@@ -165,35 +165,42 @@ def tables_markdown(metrics: Mapping) -> str:
     return "\n".join(out)
 
 
+def curve_series(rows: Sequence[Mapping]) -> dict[str, list[float]]:
+    """The filter curve's plotted series (NaN = a gap): thresholds, Dice of the kept slices, Dice of
+    the kept tumour slices (a gap where the filter keeps no non-empty mask: their Dice would be the
+    0 of empty masks) and the percentage of slices removed."""
+    nan = float("nan")
+    val = lambda r, k: nan if r[k] is None else float(r[k])  # noqa: E731
+    no_mask_kept = [r["percent_removed_of_nonempty"] is not None and r["percent_removed_of_nonempty"] >= 100
+                    for r in rows]
+    return {"threshold": [float(r["threshold"]) for r in rows],
+            "kept": [val(r, "dice_kept_per_slice_paper") for r in rows],
+            "kept_tumour": [nan if gap else val(r, "dice_kept_per_slice_tumour") for r, gap in zip(rows, no_mask_kept)],
+            "removed": [val(r, "percent_removed") for r in rows]}
+
+
 def plot_filter_curve(rows: Sequence[Mapping], path: str | Path, title: str = "",
                       threshold: float | None = None) -> None:
-    """PNG of the filter curve: Dice of the kept slices and % removed against the threshold, with
-    ``threshold`` (the bundle's) marked. Where the filter keeps no non-empty mask, the Dice of the
-    kept tumour slices is left out (a gap) rather than drawn as the 0 of their empty masks."""
+    """PNG of the filter curve (:func:`curve_series`) with ``threshold`` (the bundle's) marked."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    t = [r["threshold"] for r in rows]
+    series = curve_series(rows)
+    t = series["threshold"]
     fig = Figure(figsize=(6.4, 4.0), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    nan = float("nan")
-    val = lambda r, k: nan if r[k] is None else r[k]  # noqa: E731
-    no_mask_kept = [r["percent_removed_of_nonempty"] is not None and r["percent_removed_of_nonempty"] >= 100
-                    for r in rows]
-    ax.plot(t, [val(r, "dice_kept_per_slice_paper") for r in rows], "o-", color="tab:blue",
-            label="Dice of kept slices (per slice, empty slices count 1)")
-    ax.plot(t, [nan if gap else val(r, "dice_kept_per_slice_tumour") for r, gap in zip(rows, no_mask_kept)], "s--",
-            color="tab:cyan", label="Dice of kept tumour slices")
+    ax.plot(t, series["kept"], "o-", color="tab:blue", label="Dice of kept slices (per slice, empty slices count 1)")
+    ax.plot(t, series["kept_tumour"], "s--", color="tab:cyan", label="Dice of kept tumour slices")
     if threshold is not None:
         ax.axvline(threshold, color="0.4", linestyle=":", label=f"bundle's threshold ({threshold:g})")
     ax.set_xlabel("difference-score threshold")
     ax.set_ylabel("mean Dice")
     ax.set_ylim(0, 1.02)
     ax2 = ax.twinx()
-    ax2.plot(t, [val(r, "percent_removed") for r in rows], "^-", color="tab:red", label="% slices removed")
+    ax2.plot(t, series["removed"], "^-", color="tab:red", label="% slices removed")
     ax2.set_ylabel("% slices removed", color="tab:red")
-    ax2.set_ylim(0, max(5.0, max((val(r, "percent_removed") for r in rows), default=0) * 1.1))
+    ax2.set_ylim(0, max(5.0, max((x for x in series["removed"] if x == x), default=0) * 1.1))
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="lower right", fontsize=8)
