@@ -29,7 +29,7 @@ if not __package__:  # run as a script: the folder above, Testing/, holds the ``
 
 from support.phantoms import Phantom, make_phantom, write_case
 from WeakTumorSegLib.bundle.save import inference_architectures, save_bundle
-from WeakTumorSegLib.inference.settings import InferenceSettings
+from WeakTumorSegLib.bundle.settings import InferenceSettings
 from WeakTumorSegLib.networks.registry import build
 from WeakTumorSegLib.preprocessing.crop import brain_bbox, plan_crop, to_working
 from WeakTumorSegLib.preprocessing.intensity import PreprocessConfig, normalize_channel, zero_fraction

@@ -3,7 +3,7 @@
 The core library (``WeakTumorSegLib``) lies beside the module once the extension is installed, or one
 folder up in a source checkout. Importing this module finds it (:func:`coreRoot`), puts its folder on
 ``sys.path`` and imports from it, once: the bundle reader and the default-bundle rule
-(``WeakTumorSegLib.bundle.info``), the inference settings' limits (``WeakTumorSegLib.inference.settings``)
+(``WeakTumorSegLib.bundle.info``), the inference settings' limits (``WeakTumorSegLib.bundle.settings``)
 and the names of the outputs (``WeakTumorSegLib.io.names``). None of these imports PyTorch, so the module
 shows bundles and settings before PyTorch is installed. Without the core, importing this module raises
 :class:`SegmentationError`.
@@ -51,7 +51,7 @@ _CORE_ROOT = _putCoreOnPath()
 try:
     from WeakTumorSegLib.bundle.info import MODELS_DIR, BundleInfo, default_bundle_dir
     from WeakTumorSegLib.errors import WeakTumorSegError
-    from WeakTumorSegLib.inference.settings import MAX_SCALP_MARGIN_MM, InferenceSettings
+    from WeakTumorSegLib.bundle.settings import MAX_SCALP_MARGIN_MM, InferenceSettings
     from WeakTumorSegLib.io.names import (
         NEGATIVE_SEEDS_SEGMENT,
         POSITIVE_SEEDS_SEGMENT,

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..errors import BundleError
-from ..inference.settings import InferenceSettings
+from .settings import InferenceSettings
 
 FORMAT_VERSION = 1
 BUNDLE_FILE = "bundle.json"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import WeakTumorSegError
-from ..inference.settings import MAX_SCALP_MARGIN_MM, MAX_SLICE_SMOOTHING
+from ..bundle.settings import MAX_SCALP_MARGIN_MM, MAX_SLICE_SMOOTHING
 from ..progress import MODES
 
 PROG = "weaktumorseg"

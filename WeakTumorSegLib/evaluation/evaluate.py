@@ -19,7 +19,7 @@ from ..baselines import residual_baseline
 from ..bundle.info import BUNDLE_FILE, sha256_file
 from ..bundle.load import Bundle
 from ..inference.pipeline import EXTRA_HEALTHY, segment_arrays
-from ..inference.settings import InferenceSettings
+from ..bundle.settings import InferenceSettings
 from ..io.cohort import Case, read_mask, slice_labels
 from ..io.images import read_channels
 from ..stages.seeds import RiseConfig

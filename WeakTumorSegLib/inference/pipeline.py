@@ -46,7 +46,7 @@ from ..stages.fusion import fuse, smooth_across_slices
 from ..stages.seeds import RiseConfig, classifier_rise, extend_negative_seeds, gate_positive_seeds, normalize_maps
 from .postprocess import postprocess
 from .result import SegmentationResult
-from .settings import InferenceSettings
+from ..bundle.settings import InferenceSettings
 
 #: ``progress(stage, done, total)``
 ProgressFn = Callable[[str, int, int], None]

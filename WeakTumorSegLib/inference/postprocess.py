@@ -25,7 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..preprocessing.head import head_depth, head_level
-from .settings import InferenceSettings
+from ..bundle.settings import InferenceSettings
 
 
 def flair_trim(probability: np.ndarray, flair: np.ndarray, fraction: float, threshold: float = 0.5) -> np.ndarray:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .settings import InferenceSettings
+from ..bundle.settings import InferenceSettings
 
 
 @dataclass

@@ -59,7 +59,7 @@ _PAPER = {
     # Table 5 baselines, for `evaluate`: S0 trained with the seed loss only (one more segmenter
     # stage) and the residual threshold chosen on the training split (needs masks; cheap)
     "baselines": {"seed_only": True, "residual": True},
-    # the bundle's inference section (inference.settings.InferenceSettings); the last four steps are
+    # the bundle's inference section (bundle.settings.InferenceSettings); the last four steps are
     # not in the paper and off here; the shipped TCGA-LGG bundles set 12 / 0.25 / 0.9 / 0.5
     "inference": {"stride": 64, "gate_threshold": 0.5, "mask_threshold": 0.5, "filter_threshold": 0.2,
                   "undecided_margin": 0.1, "batch_size": 32, "scalp_margin_mm": None, "slice_smoothing": 0.0,

@@ -7,8 +7,9 @@ where it came from (``bundle`` or the option's name), and ``report.json`` / ``me
 carry both. This module imports neither torch nor numpy, so the Slicer module can read a
 bundle's settings before PyTorch is installed.
 
-The first six settings are the paper's (Yoo et al., sections 2.4, 2.5 and 3; the stride is not
-given there); the last four are not in the paper and are off by default (docs/options.md).
+The thresholds, the stride and the batch size belong to the paper's method (Yoo et al., sections
+2.4, 2.5 and 3; the stride is not given there); the scalp margin, slice smoothing, FLAIR trim and
+component filter are not in the paper and are off by default (docs/options.md).
 """
 
 from __future__ import annotations
