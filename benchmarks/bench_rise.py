@@ -1,7 +1,7 @@
 """Benchmark (b): RISE explanation maps, the library's batched implementation against a naive one.
 
-* **ours**: ``WeakTumorSegLib.seeds.classifier_rise`` -> ``rise_maps``: the N masks are drawn up
-  front as small grids and shifts (:class:`~WeakTumorSegLib.seeds.MaskSource`) and expanded to
+* **ours**: ``WeakTumorSegLib.stages.seeds.classifier_rise`` -> ``rise_maps``: the N masks are drawn up
+  front as small grids and shifts (:class:`~WeakTumorSegLib.stages.seeds.MaskSource`) and expanded to
   full size one batch at a time; each batch explains every image, and the weighted sum is
   accumulated batch by batch; the forward passes run on ``classifier.inference_copy``, on a CPU
   in chunks of ``seeds.CPU_CHUNK`` masked images spread over worker threads.

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 def segmenter_negative_seeds(run: TrainingRun, neg: torch.Tensor) -> torch.Tensor:
     """S- of the segmenters: RISE's S- plus, with ``rise.negative_flair_quantile``, the dark
-    tissue of every slice (:func:`~.seeds.extend_negative_seeds`). The converter keeps RISE's
+    tissue of every slice (:func:`~WeakTumorSegLib.stages.seeds.extend_negative_seeds`). The converter keeps RISE's
     S- alone: its L_recon and its 50 % rule are defined on them, and the dark tissue would
     push nearly every image over the 50 % line."""
     q = run.config["rise"].get("negative_flair_quantile")

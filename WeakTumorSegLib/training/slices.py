@@ -101,12 +101,11 @@ def load_slices(cases: Sequence[Case], channels: Sequence[str], pp: PreprocessCo
                 progress: ProgressFn | None = None) -> SliceSet:
     """Read, preprocess and cut every case into axial training slices of ``patch x patch``.
 
-    Per case: :func:`.io.read_channels` (geometry checked), :func:`.preprocess.normalize_channels`,
-    brain bounding box, :func:`.preprocess.plan_crop` and :func:`.preprocess.to_working` at
-    ``pp.inplane_scale`` (exactly inference's preprocessing), then one random crop/pad of the
-    working slices to ``patch x patch`` per volume (the same offset for all its slices;
-    ``np.random.default_rng([seed, case index])``): zero padding at a random offset along an
-    axis no longer than ``patch``, a random crop along a longer one.
+    Per case: ``read_channels`` (geometry checked), ``normalize_channels``, brain bounding box,
+    ``plan_crop`` and ``to_working`` at ``pp.inplane_scale`` (exactly inference's preprocessing),
+    then one random crop/pad of the working slices to ``patch x patch`` per volume (the same offset
+    for all its slices; ``np.random.default_rng([seed, case index])``): zero padding at a random
+    offset along an axis no longer than ``patch``, a random crop along a longer one.
 
     Labels come from :func:`slice_labels` (one per source slice). When the case has a mask it
     goes through the same crop and resampling (``to_working`` of the float mask, > 0.5); a
