@@ -6,10 +6,10 @@ Fixtures (all session-scoped, built once under pytest's temporary folder):
   ``flair, t1, t1ce``; a 3-block compact classifier of width 4 and U-Nets of width 4). Fast
   enough for CPU; its outputs mean nothing, only its plumbing is real. Treat it as read-only:
   copy it (``shutil.copytree``) before tampering with it.
-* ``phantom`` -- the :class:`WeakTumorSegLib.phantoms.Phantom` written by ``phantom_case``
+* ``phantom`` -- the :class:`support.phantoms.Phantom` written by ``phantom_case``
   (shape ``(12, 140, 150)``, seed 3).
 * ``phantom_case`` -- ``dict`` of written paths as returned by
-  :func:`WeakTumorSegLib.phantoms.write_case`: one entry per channel (``"flair"``, ``"t1"``,
+  :func:`support.phantoms.write_case`: one entry per channel (``"flair"``, ``"t1"``,
   ``"t1ce"``) plus ``"seg"`` and ``"slice_labels"``. Read-only as well.
 
 Helpers (import them with ``from conftest import run_cli, ...``):

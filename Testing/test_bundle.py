@@ -299,7 +299,8 @@ def test_seed_flair_gates_of_a_bundle_apply_to_segment_seeds(tmp_path, phantom):
     gated = save_tiny_bundle(tmp_path / "gated", inference={"gate_threshold": 0.0},
                              rise={**rise, "positive_flair_quantile": 0.5, "negative_flair_quantile": 0.5})
     a = segment_arrays(Bundle.load(plain), phantom.channels, "cpu", seeds=Bundle.load(plain).rise())
-    b = segment_arrays(Bundle.load(gated), phantom.channels, "cpu", seeds=Bundle.load(gated).rise(), extra=[EXTRA_HEALTHY])
+    b = segment_arrays(Bundle.load(gated), phantom.channels, "cpu", seeds=Bundle.load(gated).rise(),
+                       extra=[EXTRA_HEALTHY])
     assert b.positive_seeds.sum() < a.positive_seeds.sum()
     assert not (b.positive_seeds.astype(bool) & ~a.positive_seeds.astype(bool)).any()  # a subset of RISE's S+
     assert b.negative_seeds.sum() > a.negative_seeds.sum()

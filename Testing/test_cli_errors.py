@@ -274,6 +274,9 @@ def test_extra_channel_is_ignored_with_a_note(runs):
     assert len(notes) == 1, _describe(case.proc)
     report = json.loads((case.out / f"{STEM}_report.json").read_text())
     assert set(report["inputs"]) == {"flair", "t1", "t1ce"}
+    # ignored indeed: the mask is the one of the same run without t2
+    plain = runs["exists_overwrite"]
+    np.testing.assert_array_equal(_read(case.out / f"{STEM}_mask.nii.gz"), _read(plain.out / f"{STEM}_mask.nii.gz"))
 
 
 def test_progress_json_prints_only_json_objects(runs):
@@ -287,12 +290,17 @@ def test_progress_json_prints_only_json_objects(runs):
         assert isinstance(obj, dict), ln
         events.append(obj)
     *steps, final = events
-    assert steps
     for ev in steps:
-        assert {"stage", "done", "total"} <= set(ev), ev
-        assert ev["stage"] != "done"
-        assert isinstance(ev["done"], int) and isinstance(ev["total"], int)
-        assert 0 <= ev["done"] <= ev["total"], ev
+        assert set(ev) == {"stage", "done", "total"}, ev
+    # each stage in one run of events, in pipeline order, and every stage's count fills up to its total
+    stages = [ev["stage"] for ev in steps]
+    order = list(dict.fromkeys(stages))
+    assert order == ["read", "preprocess", "classify", "segment", "convert", "postprocess", "write"], order
+    assert stages == sorted(stages, key=order.index)
+    for stage in order:
+        done = [ev["done"] for ev in steps if ev["stage"] == stage]
+        totals = {ev["total"] for ev in steps if ev["stage"] == stage}
+        assert done == sorted(done) and totals == {done[-1]}, (stage, done, totals)
     assert final["stage"] == "done"
     assert Path(final["outputs"]["mask"]) == case.out / f"{STEM}_mask.nii.gz"
 

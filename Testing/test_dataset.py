@@ -11,10 +11,10 @@ import pytest
 import SimpleITK as sitk
 
 from WeakTumorSegLib.io.cohort import Case, discover, labels_from_mask, slice_labels, split_patients
-from WeakTumorSegLib.training.slices import SliceSet, load_slices, validate_cohort
+from WeakTumorSegLib.training.slices import load_slices, validate_cohort
 from WeakTumorSegLib.errors import InputError
 from support.phantoms import make_phantom, write_case
-from WeakTumorSegLib.preprocessing.intensity import PreprocessConfig, zero_fraction
+from WeakTumorSegLib.preprocessing.intensity import PreprocessConfig, normalize_channel, zero_fraction
 
 CHANNELS = ["flair", "t1", "t1ce"]
 SHAPE = (10, 96, 110)
@@ -278,7 +278,6 @@ def test_load_slices_shapes_and_dtypes(master):
     assert ss.patient.dtype == np.int32 and ss.slice_index.dtype == np.int32
     assert ss.patients == IDS and ss.channels == CHANNELS
     assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
-    assert 0.0 <= ss.x.min() and ss.x.max() <= 1.0 + 1e-5
     assert set(np.unique(ss.label)) == {0, 1}
     validate_cohort(ss, master)
     again = load_slices(cases, CHANNELS, PP, patch=64)
@@ -313,9 +312,15 @@ def test_padding_offset_is_shared_by_a_volume(master, phantoms):
     occupied = ss.x.any(axis=(0, 1))
     rows, cols = np.flatnonzero(occupied.any(axis=1)), np.flatnonzero(occupied.any(axis=0))
     head = phantoms["P1"].head_mask.any(axis=0)
-    assert rows[-1] - rows[0] + 1 == np.flatnonzero(head.any(axis=1)).size
-    assert cols[-1] - cols[0] + 1 == np.flatnonzero(head.any(axis=0)).size
+    head_rows, head_cols = np.flatnonzero(head.any(axis=1)), np.flatnonzero(head.any(axis=0))
+    assert rows[-1] - rows[0] + 1 == head_rows.size
+    assert cols[-1] - cols[0] + 1 == head_cols.size
     np.testing.assert_array_equal(ss.mask.any(axis=(1, 2)), phantoms["P1"].slice_labels.astype(bool))
+    # inside the head's box each slice is the channel as inference normalises it, moved but unchanged
+    for k, name in enumerate(CHANNELS):
+        box = normalize_channel(phantoms["P1"].channels[name])[:, head_rows[0]:head_rows[-1] + 1,
+                                                               head_cols[0]:head_cols[-1] + 1]
+        np.testing.assert_array_equal(ss.x[:, k, rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1], box)
 
 
 def test_mostly_zero_slices_dropped(cohort, phantoms):
@@ -377,7 +382,7 @@ def test_validate_cohort(master, tmp_path):
     with pytest.raises(InputError):
         validate_cohort(ss.subset(np.zeros(len(ss), bool)), master)
     empty = load_slices([], CHANNELS, PP, patch=64)
-    assert isinstance(empty, SliceSet) and empty.x.shape == (0, 3, 64, 64)
+    assert empty.x.shape == (0, 3, 64, 64) and len(empty) == 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -397,6 +402,9 @@ def test_real_lgg():
         from_mask = slice_labels(Case(case.id, case.channels, case.mask, None), n, erosion=0)
         np.testing.assert_array_equal(from_csv, from_mask)
     ss = load_slices(cases[:2], ["flair", "t1", "t1ce"], PreprocessConfig(inplane_scale=0.5), patch=128)
-    assert ss.x.shape[1:] == (3, 128, 128) and len(ss) > 0 and ss.x.dtype == np.float32
+    assert ss.x.shape[1:] == (3, 128, 128) and ss.x.dtype == np.float32
     assert ss.mask is not None and ss.mask.shape == (len(ss), 128, 128)
+    # the labels describe the resampled patches: a slice is tumour exactly when its patch mask is
+    np.testing.assert_array_equal(ss.label, ss.mask.any(axis=(1, 2)))
+    assert 0 < ss.label.sum() < len(ss)
     assert set(ss.patient.tolist()) <= {0, 1}

@@ -1,4 +1,4 @@
-"""``weaktumorseg evaluate`` and :mod:`WeakTumorSegLib.evaluate` (Yoo et al., Tables 2-6, C.1).
+"""``weaktumorseg evaluate`` and :mod:`WeakTumorSegLib.evaluation` (Yoo et al., Tables 2-6, C.1).
 
 The command runs on a small phantom cohort with the shipped stand-in bundle (real masks on
 phantoms), extended in a copy with the optional models ``segmenter0`` / ``baseline_seed_only``
@@ -30,6 +30,7 @@ from WeakTumorSegLib.baselines import choose_residual_threshold, residual_baseli
 from WeakTumorSegLib.evaluation.cases import select_cases
 from WeakTumorSegLib.inference.pipeline import segment_arrays
 from WeakTumorSegLib.metrics import dice
+from WeakTumorSegLib.preprocessing.intensity import normalize_channel
 from support.phantoms import make_phantom, write_case
 
 from conftest import files_in, run_cli, stderr_lines
@@ -136,17 +137,21 @@ def test_dice_equals_hand_computation(evaluated, cohort):
 
 
 def test_counts_match_an_independent_segmentation(evaluated, cohort):
-    """The fused mask's 3D Dice of P1 equals segment_arrays + metrics.dice against the mask file."""
+    """The fused mask's 3D Dice of P1 equals segment_arrays + metrics.dice against the mask file,
+    and its residual baseline is the one of the bundle's recorded threshold."""
     pid = "P1"
     folder = cohort / pid
     channels = {c: sitk.GetArrayFromImage(sitk.ReadImage(str(folder / f"{pid}_{c}.nii.gz")))
                 for c in ("flair", "t1", "t1ce")}
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / f"{pid}_seg.nii.gz"))) > 0
-    result = segment_arrays(Bundle.load(STANDIN), channels, "cpu")
+    result = segment_arrays(Bundle.load(STANDIN), channels, "cpu", extra=["healthy"])
     row = {r["patient"]: r for r in read_csv(evaluated / "per_volume.csv")}[pid]
     assert float(row["dice_3d_fused"]) == pytest.approx(dice(result.mask, truth), abs=1e-6)
     assert int(row["voxels_fused"]) == int(result.mask.sum())
     assert int(row["truth_voxels"]) == int(truth.sum())
+    residual = residual_baseline(result.flair, result.healthy, RESIDUAL_T, median=5)
+    assert int(row["voxels_residual"]) == int(residual.sum())
+    assert residual_baseline(result.flair, result.healthy, 2 * RESIDUAL_T, median=5).sum() < residual.sum()
 
 
 def test_classifier_metrics(evaluated):
@@ -158,6 +163,9 @@ def test_classifier_metrics(evaluated):
     assert c["slices"] == len(rows) and c["tumour_slices"] == int(truth.sum())
     assert c["sensitivity"] == pytest.approx(((p > 0.5) & truth).sum() / truth.sum())
     assert c["specificity"] == pytest.approx(((p <= 0.5) & ~truth).sum() / (~truth).sum())
+    # AUC: the share of (tumour, tumour-free) slice pairs ranked right, ties half (the CSV rounds p_tumor)
+    pairs = p[truth][:, None] - p[~truth][None, :]
+    assert c["auc"] == pytest.approx((pairs > 0).mean() + 0.5 * (pairs == 0).mean(), abs=1e-3)
     assert c["auc"] > 0.9
     labels = metrics["classifier"]["from_labels"]  # the phantoms ship slice-label CSVs too
     assert labels["patients"] == 3 and labels["tumour_slices"] == int(truth.sum())
@@ -169,7 +177,11 @@ def test_seed_overlap_is_pooled_from_per_volume_counts(evaluated):
     assert seeds["computed"] and metrics["configuration"]["rise"]["n_masks"] == 8
     vols = read_csv(evaluated / "per_volume.csv")
     assert seeds["positive_voxels"] == sum(int(v["positive_seed_voxels"]) for v in vols) > 0
-    assert 0.0 <= seeds["positive_overlap"] <= 1.0
+    for kind in ("positive", "negative"):  # pooled: every voxel weighs the same, not every patient
+        voxels = np.array([int(v[f"{kind}_seed_voxels"]) for v in vols])
+        overlap = np.array([fnum(v[f"{kind}_seed_overlap"]) for v in vols])
+        assert seeds[f"{kind}_voxels"] == voxels.sum()
+        assert seeds[f"{kind}_overlap"] == pytest.approx(np.nansum(voxels * overlap) / voxels.sum(), abs=1e-5)
     assert seeds["negative_overlap"] > 0.95  # negative seeds are reliable (Yoo et al., Tables 3)
 
 
@@ -440,7 +452,7 @@ def test_healthy_is_the_converter_output_on_every_tissue_patch(standin, tumour_p
     models["converter"] = _Const(None)  # identity: healthy == FLAIR, zero residual
     r = segment_arrays(Bundle(standin.path, standin.config, models), tumour_phantom.channels, extra=["healthy"])
     np.testing.assert_allclose(r.healthy, r.flair, atol=1e-6)
-    assert r.flair.max() <= 1.0 and r.flair.min() >= 0.0
+    np.testing.assert_array_equal(r.flair, normalize_channel(tumour_phantom.channels["flair"]))  # the [0, 1] FLAIR
     models["converter"] = _Const(0.0)  # all-black healthy image: the residual is the FLAIR itself
     r = segment_arrays(Bundle(standin.path, standin.config, models), tumour_phantom.channels, extra=["healthy"])
     head = tumour_phantom.head_mask.astype(bool)

@@ -1,5 +1,5 @@
 """The FLAIR trim (``inference.flair_trim``, not in the paper): a mask loses its voxels that are much
-darker on FLAIR than the mask's median voxel (``filtering.flair_trim``), for targets that are
+darker on FLAIR than the mask's median voxel (``inference.postprocess.flair_trim``), for targets that are
 FLAIR-hyperintense by definition."""
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ def test_trim_by_hand():
     flair = np.array([[[1.0, 0.5, 0.1, 0.8, 0.7]]], np.float32)
     # mask: voxels 0, 1, 3, 4; median FLAIR inside 0.75; level 0.9 * 0.75 = 0.675
     out = flair_trim(prob, flair, 0.9)
-    np.testing.assert_array_equal(out, np.array([[[0.9, 0.0, 0.2, 0.9, 0.6]]], np.float32))  # voxel 2 is not in the mask: untouched
+    # voxel 1 (0.5 < 0.675) is cleared; voxel 2 is not in the mask: untouched
+    np.testing.assert_array_equal(out, np.array([[[0.9, 0.0, 0.2, 0.9, 0.6]]], np.float32))
     assert prob[0, 0, 1] == np.float32(0.9)  # the input is not modified
     # with threshold 0.8 the mask is voxels 0, 1, 3: median 0.8, level 0.72
     np.testing.assert_array_equal(flair_trim(prob, flair, 0.9, threshold=0.8), out)
@@ -55,12 +56,14 @@ def test_segment_trims_every_model_and_follows_the_bundle():
     np.testing.assert_array_equal(trimmed.mask.astype(bool), bright)
     np.testing.assert_array_equal(trimmed.extra_masks["segmenter_os"].astype(bool), bright)
     assert (trimmed.probability[~bright] == 0).all()
-    assert segment_arrays(bundle, vol, "cpu", bundle.settings(flair_trim=0.4)).mask[tissue].all()  # 0.5 is not below 0.4 of 1.0
+    # the dim columns (0.5) are not below 0.4 of the median (1.0)
+    assert segment_arrays(bundle, vol, "cpu", bundle.settings(flair_trim=0.4)).mask[tissue].all()
     # the bundle's own setting applies when no override is given; 0 turns it off
     configured = fake_bundle(flair_trim=0.9)
     configured.models["segmenter_us"] = ConstSegmenter(0.9)
     np.testing.assert_array_equal(segment_arrays(configured, vol, "cpu").mask, trimmed.mask)
-    np.testing.assert_array_equal(segment_arrays(configured, vol, "cpu", configured.settings(flair_trim=0)).mask, plain.mask)
+    off = segment_arrays(configured, vol, "cpu", configured.settings(flair_trim=0))
+    np.testing.assert_array_equal(off.mask, plain.mask)
 
 
 def test_shipped_bundles_trim_and_segment_records_it(tmp_path):

@@ -1,5 +1,5 @@
 """The component filter (``inference.keep_components``, not in the paper): a mask keeps its large 3D
-connected components and has the holes of each slice filled (``filtering.keep_components``)."""
+connected components and has the holes of each slice filled (``inference.postprocess.keep_components``)."""
 
 from __future__ import annotations
 
@@ -69,7 +69,8 @@ def test_segment_filters_every_model_and_follows_the_bundle():
     bright = vol == 200.0
     np.testing.assert_array_equal(plain.mask.astype(bool), bright)  # the spot and the hole as they are
     assert plain.settings.keep_components == 0.0
-    kept = segment_arrays(bundle, {"flair": vol}, "cpu", bundle.settings(keep_components=0.5), extra=["segmenter_os"])
+    kept = segment_arrays(bundle, {"flair": vol}, "cpu", bundle.settings(keep_components=0.5),
+                          extra=["segmenter_os"])
     assert kept.settings.keep_components == 0.5
     np.testing.assert_array_equal(kept.mask.astype(bool), block)
     np.testing.assert_array_equal(kept.extra_masks["segmenter_os"].astype(bool), block)
@@ -78,8 +79,8 @@ def test_segment_filters_every_model_and_follows_the_bundle():
     configured = fake_bundle(keep_components=0.5)
     configured.models["segmenter_us"] = configured.models["segmenter_os"] = BrightSegmenter()
     np.testing.assert_array_equal(segment_arrays(configured, {"flair": vol}, "cpu").mask, kept.mask)
-    np.testing.assert_array_equal(segment_arrays(configured, {"flair": vol}, "cpu", configured.settings(keep_components=0)).mask,
-                                  plain.mask)
+    off = segment_arrays(configured, {"flair": vol}, "cpu", configured.settings(keep_components=0))
+    np.testing.assert_array_equal(off.mask, plain.mask)
 
 
 def test_shipped_bundles_filter_components_and_segment_records_it(tmp_path):

@@ -14,7 +14,7 @@ import torch
 from scipy import ndimage
 from skimage.morphology import disk
 
-from WeakTumorSegLib.stages.refinement import RefineConfig, RefineResult, disk_dilations, label_components, refine_seeds
+from WeakTumorSegLib.stages.refinement import RefineConfig, disk_dilations, label_components, refine_seeds
 
 SIZE = 32
 SQ = (slice(10, 16), slice(10, 16))  # the tumour square, rows/cols 10..15
@@ -71,7 +71,6 @@ def test_tumour_component_accepted_and_distractor_rejected():
     images = make_images(2)
     masks = np.stack([square_mask(), distractor_mask()])
     res = refine_seeds(FakeClassifier(), images, masks)
-    assert isinstance(res, RefineResult)
     assert res.accepted.tolist() == [True, False]
     assert res.n_components.tolist() == [1, 1]
     assert res.n_accepted.tolist() == [1, 0]
@@ -164,7 +163,8 @@ def test_batching_identical_and_call_count():
     for batch in (1, 3, 7, 64):
         clf = FakeClassifier()
         seen: list[tuple[int, int]] = []
-        res = refine_seeds(clf, images, masks, RefineConfig(batch=batch), progress=lambda d, t, s=seen: s.append((d, t)))
+        res = refine_seeds(clf, images, masks, RefineConfig(batch=batch),
+                           progress=lambda d, t, s=seen: s.append((d, t)))
         total = int(res.n_components.sum()) * 5
         assert total == 6 * 5
         assert clf.calls == math.ceil(total / batch)
@@ -211,7 +211,7 @@ def test_min_size_drops_tiny_components():
     clf = FakeClassifier()
     res = refine_seeds(clf, images, m[None], RefineConfig(min_size=2))
     assert res.n_components.tolist() == [2]
-    assert clf.calls * 64 >= 2 * 5 and sum(clf.batch_sizes) == 2 * 5
+    assert clf.calls == 1 and sum(clf.batch_sizes) == 2 * 5  # the speck is never blanked and scored
     res = refine_seeds(FakeClassifier(), images, m[None], RefineConfig(min_size=3))
     assert res.n_components.tolist() == [1] and res.n_accepted.tolist() == [1]
     np.testing.assert_array_equal(res.seeds[0], square_mask() > 0.5)

@@ -88,7 +88,7 @@ def test_cli_on_the_real_sample_lands_on_the_tumour(tmp_path):
     assert str(tmp_path) in proc.stdout  # the summary says where the outputs are
     truth = read(SAMPLE / f"{case}_seg.nii.gz")
     mask = read(tmp_path / f"{case}_flair_mask.nii.gz")
-    assert dice(mask, truth) >= 0.35  # measured 0.42 (3D Dice; the mask is smaller than the tumour)
+    assert dice(mask, truth) >= 0.35  # 3D Dice 0.45: the mask is smaller than the tumour
     # most of the mask is on tumour slices, and most tumour slices get a mask
     tumour_slices = truth.sum(axis=(1, 2)) > 0
     assert mask[tumour_slices].sum() >= 0.8 * mask.sum()
@@ -103,7 +103,8 @@ def test_flair_only_bundle_segments_the_sample_from_flair(tmp_path):
     proc = run_cli("segment", "-b", MODELS_DIR / FLAIR_NAME, f"-cflair={SAMPLE / f'{case}_flair.nii.gz'}",
                    "--out", str(tmp_path), "--device", "cpu", "--progress", "none")
     assert proc.returncode == 0, proc.stderr
-    assert dice(read(tmp_path / f"{case}_flair_mask.nii.gz"), read(SAMPLE / f"{case}_seg.nii.gz")) >= 0.4  # measured 0.52
+    mask, truth = read(tmp_path / f"{case}_flair_mask.nii.gz"), read(SAMPLE / f"{case}_seg.nii.gz")
+    assert dice(mask, truth) >= 0.4  # 3D Dice 0.50
 
 
 def test_stand_in_on_the_phantom_sample(tmp_path):

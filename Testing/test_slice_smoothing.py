@@ -4,6 +4,8 @@ the gate, the fusion weight and the slice's ``p_tumor``."""
 
 from __future__ import annotations
 
+import csv
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,7 @@ from WeakTumorSegLib.inference.pipeline import segment_arrays
 from WeakTumorSegLib.preprocessing.intensity import normalize_channel
 
 from test_core import ConstSegmenter, fake_bundle
-from test_scalp_margin import segment_sample
+from test_scalp_margin import SAMPLE, segment_sample
 
 
 def test_smoothing_by_hand():
@@ -83,13 +85,21 @@ def test_segment_gates_on_the_smoothed_probability():
     # the bundle's own setting applies when no override is given; 0 turns it off
     configured = lookup_bundle(slice_smoothing=0.25)
     np.testing.assert_array_equal(segment_arrays(configured, vol, "cpu").mask, smooth.mask)
-    np.testing.assert_array_equal(segment_arrays(configured, vol, "cpu", configured.settings(slice_smoothing=0)).mask, plain.mask)
+    off = segment_arrays(configured, vol, "cpu", configured.settings(slice_smoothing=0))
+    np.testing.assert_array_equal(off.mask, plain.mask)
 
 
 def test_shipped_bundles_smooth_and_segment_records_it(tmp_path):
+    """The shipped bundles' 0.25 reaches ``segment``: on the sample patient the slices' p_tumor
+    jump less from slice to slice than without smoothing."""
     for name in ("tcga-lgg-default", "tcga-lgg-flair"):
         assert Bundle.load(MODELS_DIR / name).settings().slice_smoothing == 0.25
-    reports = {label: segment_sample(tmp_path / label, *extra)[2]
-               for label, extra in (("bundle", []), ("off", ["--slice-smoothing", "0"]))}
+    reports, p_tumor = {}, {}
+    for label, extra in (("bundle", []), ("off", ["--slice-smoothing", "0"])):
+        reports[label] = segment_sample(tmp_path / label, *extra)[2]
+        with open(tmp_path / label / f"{SAMPLE.name}_flair_slices.csv", newline="") as fh:
+            p_tumor[label] = np.array([float(r["p_tumor"]) for r in csv.DictReader(fh)])
     assert reports["bundle"]["slice_smoothing"] == 0.25 and reports["bundle"]["slice_smoothing_source"] == "bundle"
     assert reports["off"]["slice_smoothing"] == 0.0 and reports["off"]["slice_smoothing_source"] == "--slice-smoothing"
+    jumps = {label: float(np.abs(np.diff(p)).sum()) for label, p in p_tumor.items()}
+    assert jumps["bundle"] < 0.95 * jumps["off"], jumps

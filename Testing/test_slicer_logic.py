@@ -263,7 +263,8 @@ def test_blocking_segment_makes_named_segmentation_with_segments(segmented):
     assert result.report["scalp_margin_source"] == "bundle" and result.report["scalp_margin_mm"] == 0.0
     assert seg.GetAttribute("WeakTumorSeg.ScalpMargin") == "0.0"
     # the bundle's other inference settings are recorded on the node too (the tiny bundle has neither)
-    assert seg.GetAttribute("WeakTumorSeg.SliceSmoothing") == "0.0" and seg.GetAttribute("WeakTumorSeg.FlairTrim") == "0.0"
+    assert seg.GetAttribute("WeakTumorSeg.SliceSmoothing") == "0.0"
+    assert seg.GetAttribute("WeakTumorSeg.FlairTrim") == "0.0"
     scene = segmented["scene"]  # no temporary node (or its display / storage node) is left behind
     assert nodes_of(scene, "vtkMRMLSegmentationNode") == [seg]
     assert len(nodes_of(scene, "vtkMRMLSegmentationDisplayNode")) == 1

@@ -29,8 +29,9 @@ import slicer
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
 # finds the core library (WeakTumorSegLib) and imports its torch-free part, once
-from WeakTumorSegHelpers.core import (SEED_SEGMENTS, TUMOR_SEGMENT, BundleInfo, SegmentationError, defaultBundleOrEmpty,
-                                      defaultBundlePath, defaultBundleSettings, readBundle, sampleDataFolders)
+from WeakTumorSegHelpers.core import (SEED_SEGMENTS, TUMOR_SEGMENT, BundleInfo, defaultBundleOrEmpty, defaultBundlePath,
+                                      defaultBundleSettings, readBundle, sampleDataFolders)
+from WeakTumorSegHelpers.core import SegmentationError  # noqa: F401  (raised by process(): part of the API)
 from WeakTumorSegHelpers import export, installer, nodes, review, run, views
 from WeakTumorSegHelpers.devices import DeviceMenu, DeviceProbe
 from WeakTumorSegHelpers.export import ExportExistsError  # noqa: F401  (raised by exportResults: part of the API)

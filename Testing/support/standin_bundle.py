@@ -117,11 +117,12 @@ def train_standin(out: str | Path, n_cases: int = 10, epochs: int = 6, seed: int
     log(f"{len(x)} patches, {int(y.sum())} with tumour")
     struct = ndimage.generate_binary_structure(2, 1)
     m_np = data["mask"]
-    eroded = torch.from_numpy(np.stack([ndimage.binary_erosion(a, struct, 1) for a in m_np]).astype(np.float32))[:, None]
-    dilated = torch.from_numpy(np.stack([ndimage.binary_dilation(a, struct, 2) for a in m_np]).astype(np.float32))[:, None]
+    eroded = np.stack([ndimage.binary_erosion(a, struct, 1) for a in m_np]).astype(np.float32)
+    dilated = np.stack([ndimage.binary_dilation(a, struct, 2) for a in m_np]).astype(np.float32)
+    eroded, dilated = torch.from_numpy(eroded)[:, None], torch.from_numpy(dilated)[:, None]
 
-    archs = inference_architectures(len(CHANNELS), ("compact_classifier", {"width": width, "blocks": 4, "upsample": 1.0}),
-                                    unet_width=width, latent=32)
+    classifier = ("compact_classifier", {"width": width, "blocks": 4, "upsample": 1.0})
+    archs = inference_architectures(len(CHANNELS), classifier, unet_width=width, latent=32)
     models = {k: build(a, kw) for k, (a, kw) in archs.items()}
     pos_weight = (len(y) - y.sum()) / y.sum().clamp_min(1)
 
