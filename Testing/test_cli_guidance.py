@@ -49,6 +49,8 @@ def test_failed_training_is_a_warning_even_when_quiet(phantom_case, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert stderr_lines(proc) == ["weaktumorseg: WARNING: bundle 'tiny-test' may not work: its training warned: "
                                   "seeds: only 5% inside the tumours"]
+    report = json.loads(next((tmp_path / "o").glob("*_report.json")).read_text())
+    assert report["bundle"]["training_warnings"] == ["seeds: only 5% inside the tumours"]
 
 
 def test_single_slice_volume_gets_a_note(tiny_bundle, tmp_path):

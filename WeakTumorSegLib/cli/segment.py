@@ -135,7 +135,7 @@ def _report(done: _Done) -> dict:
         "version": __version__,
         "bundle": {"name": done.bundle.name, "path": str(done.bundle.path.resolve()),
                    "bundle_json_sha256": sha256_file(done.bundle.path / BUNDLE_FILE),
-                   "channels": done.bundle.channels},
+                   "channels": done.bundle.channels, "training_warnings": done.bundle.training_warnings},
         "inputs": {c: str(Path(p).resolve()) for c, p in done.paths.items()},
         "device": str(done.device),
         "torch_threads": torch.get_num_threads(),
