@@ -71,8 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def rise_config(bundle, args: argparse.Namespace):
     from WeakTumorSegLib.stages.seeds import RiseConfig
 
-    cfg = bundle.rise.to_dict()
-    cfg["n_masks"] = args.masks
+    cfg = bundle.rise(args.masks).to_dict()
     if args.batch:
         cfg["batch"] = args.batch
     return RiseConfig(**cfg)
@@ -145,11 +144,11 @@ def sample_patches(bundle, folder: Path, count: int):
     if missing:
         raise SystemExit(f"{folder}: no file for channel(s) {', '.join(missing)} the bundle needs")
     volume = read_channels({c: files[c] for c in bundle.channels})
-    pp, inf = bundle.preprocessing, bundle.inference
+    pp, stride = bundle.preprocessing, bundle.settings().stride
     stack = normalize_channels(volume.channels, bundle.channels, pp.clip_percentiles)
     crop = plan_crop(brain_bbox(stack, pp.brain_threshold), pp.inplane_scale)
     work = to_working(stack, crop)
-    tiling = Tiling.plan(len(work), crop.height, crop.width, bundle.patch_size, int(inf["stride"]))
+    tiling = Tiling.plan(len(work), crop.height, crop.width, bundle.patch_size, stride)
     patches = tiling.extract(work)
     patches = patches[patches.reshape(len(patches), -1).any(axis=1)]
     with torch.inference_mode():

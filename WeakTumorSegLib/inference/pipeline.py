@@ -256,18 +256,19 @@ def _empty_result(stack: np.ndarray, flair: int, settings: InferenceSettings, se
 
 
 def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: torch.device | str = "cpu",
-                   settings: InferenceSettings | None = None, seeds: RiseConfig | None = None,
+                   settings: InferenceSettings | None = None, seeds: RiseConfig | bool | None = None,
                    spacing: Sequence[float] = (1.0, 1.0), extra: Sequence[str] = (),
                    progress: ProgressFn | None = None) -> SegmentationResult:
     """Segment one volume given as ``{channel name: (slice, row, column) array}``.
 
     ``settings`` defaults to the bundle's (:meth:`~WeakTumorSegLib.bundle.info.BundleInfo.settings`);
-    ``seeds``, a RISE configuration (e.g. ``bundle.rise()``), adds C's seeds; ``spacing`` is the
-    in-plane (row, column) voxel size in mm (for the scalp margin). Channels the bundle does not
-    use are ignored; a missing one raises :class:`BundleError`. ``extra`` names further outputs
-    for evaluation (see the module docstring).
+    ``seeds``, a RISE configuration (e.g. ``bundle.rise(n_masks)``; True: the bundle's), adds C's
+    seeds; ``spacing`` is the in-plane (row, column) voxel size in mm (for the scalp margin).
+    Channels the bundle does not use are ignored; a missing one raises :class:`BundleError`.
+    ``extra`` names further outputs for evaluation (see the module docstring).
     """
     settings = settings or bundle.settings()
+    seeds = bundle.rise() if seeds is True else (seeds or None)
     device = torch.device(device)
     say = progress or (lambda stage, done, total: None)
     extra_models = _check_request(bundle, channels, extra)
