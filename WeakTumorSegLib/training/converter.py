@@ -98,7 +98,7 @@ def val_tumour_flair(run: TrainingRun) -> tuple[torch.Tensor, torch.Tensor] | No
 
 def healthy_variants(run: TrainingRun, converter: nn.Module) -> torch.Tensor:
     """x_hat for every training slice: U(FLAIR) for tumour slices, the FLAIR itself otherwise
-    (000 section 2.3: non-cancerous variants of X_NC are the images themselves)."""
+    (Yoo et al., section 2.3: non-cancerous variants of X_NC are the images themselves)."""
     flair = run.x[:, run.flair:run.flair + 1]
     x_hat = flair.clone()
     tumour = run.y > 0

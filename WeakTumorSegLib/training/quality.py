@@ -11,7 +11,7 @@ from collections.abc import Mapping
 #: below this share of its positive seeds covered, a segmenter is reported as collapsed
 COLLAPSE_RECALL = 0.05
 SEGMENTER_STAGES = ("segmenter0", "segmenter_us", "segmenter_os", "segmenter_seed_only")
-#: a run whose positive seeds lie less than this much inside the tumour masks (000 section 4.1
+#: a run whose positive seeds lie less than this much inside the tumour masks (Yoo et al., section 4.1
 #: seed overlap on X_C) learnt its seeds away from the tumour (working TCGA-LGG runs: 0.23-0.80,
 #: phantom runs above 0.8; a failed run: 0.05)
 MIN_SEED_OVERLAP = 0.15

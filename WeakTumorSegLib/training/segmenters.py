@@ -86,7 +86,7 @@ def train_segmenter(run: TrainingRun, stage: str, subset: np.ndarray, pos: torch
         if run.val.mask is None or p_val is None:
             return {}
         m = run.predict(model, torch.from_numpy(run.val.x))[:, 0]
-        pred = ((m > 0.5) & (p_val > 0.5)[:, None, None]).numpy()  # C gates images (000 section 2.3)
+        pred = ((m > 0.5) & (p_val > 0.5)[:, None, None]).numpy()  # C gates images (Yoo et al., section 2.3)
         d = per_slice_dice(pred, run.val.mask)
         tumour = run.val.label > 0
         return {"val_dice_per_slice": float(d.mean()),
