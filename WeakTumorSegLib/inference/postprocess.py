@@ -73,12 +73,12 @@ def keep_components(mask: np.ndarray, fraction: float) -> np.ndarray:
 
 def clear_scalp(probabilities: Mapping[str, np.ndarray], flair: np.ndarray, spacing: Sequence[float],
                 margin: float) -> dict[str, np.ndarray]:
-    """Copies of the maps with every voxel within ``margin`` mm of the head's outer surface set
-    to 0. ``flair`` is the normalised FLAIR on the same grid; only slices where some map is
-    non-zero need the head (its level is the whole volume's)."""
+    """The maps with every voxel within ``margin`` mm of the head's outer surface set to 0 (copies;
+    the maps themselves when ``margin`` is 0). ``flair`` is the normalised FLAIR on the same grid;
+    only slices where some map is non-zero need the head (its level is the whole volume's)."""
+    if margin <= 0 or not probabilities:
+        return dict(probabilities)
     out = {name: pr.copy() for name, pr in probabilities.items()}
-    if margin <= 0 or not out:
-        return out
     ks = np.flatnonzero(np.logical_or.reduce([pr.any(axis=(1, 2)) for pr in out.values()]))
     if len(ks):
         inside = head_depth(flair[ks], spacing, head_level(flair)) > margin
