@@ -14,7 +14,7 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
-from ..errors import InputError
+from ..inference.device import resolve_device
 
 
 @dataclass
@@ -51,11 +51,10 @@ class Dist:
 def setup_distributed(device: str = "auto") -> Dist:
     """Join the process group when started by ``torchrun`` (``WORLD_SIZE`` > 1)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    want_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if want_cuda and not torch.cuda.is_available():
-        raise InputError("--device cuda was requested but PyTorch sees no CUDA GPU")
+    chosen = resolve_device(device)  # the same rule and errors as segment and evaluate
     if world <= 1:
-        return Dist(0, 1, torch.device(device if device != "auto" else ("cuda" if want_cuda else "cpu")))
+        return Dist(0, 1, chosen)
+    want_cuda = chosen.type == "cuda"
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not tdist.is_initialized():
         tdist.init_process_group(backend="nccl" if want_cuda else "gloo")
