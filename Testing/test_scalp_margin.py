@@ -12,6 +12,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from WeakTumorSegLib.io.images import Geometry
+from WeakTumorSegLib.preprocessing.orientation import direction_from_code
 from WeakTumorSegLib.bundle.info import MODELS_DIR
 from WeakTumorSegLib.bundle.load import Bundle
 from WeakTumorSegLib.networks.classifiers import Classifier
@@ -87,7 +89,8 @@ def test_segment_clears_the_margin_and_keeps_the_deep_mask():
     assert margin.mask[r < 47].all()  # deeper: unchanged
     assert not margin.probability[r > 49].any()
     # in mm: with 0.5 mm voxels the same 12 mm margin is 24 voxels deep
-    fine = segment_arrays(bundle, {"flair": vol}, "cpu", bundle.settings(scalp_margin_mm=12.0), spacing=(0.5, 0.5))
+    fine = segment_arrays(bundle, {"flair": vol}, "cpu", bundle.settings(scalp_margin_mm=12.0),
+                          geometry=Geometry((160, 160, 3), (0.5, 0.5, 1.0), (0.0,) * 3, direction_from_code("PLS")))
     assert not fine.mask[r > 37].any() and fine.mask[r < 35].all()
     # the bundle's own setting applies when no override is given; 0 turns it off
     configured = sure_bundle(scalp_margin_mm=12.0)

@@ -11,6 +11,34 @@ from ..progress import MODES
 PROG = "weaktumorseg"
 
 
+GEOMETRY_HELP = ("JSON file declaring the cohort's true orientation and in-plane voxel size, for headers that are "
+                 "wrong (default: geometry.json beside the patient folders or the manifest, if present; "
+                 "docs/options.md)")
+
+
+def orientation_arg(text: str) -> str:
+    """argparse type of an orientation code (``PLS``)."""
+    from ..preprocessing.orientation import check_code
+
+    try:
+        return check_code(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def spacing_arg(text: str) -> tuple[float, float]:
+    """argparse type of an in-plane voxel size: ``0.9`` or ``0.9,0.94`` (column, row) in mm."""
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2 or not all(v > 0 and v < 100 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a voxel size in mm: give one number or COLUMN,ROW")
+    return values[0], values[1]
+
+
 class UsageError(WeakTumorSegError):
     """Command-line arguments that do not make sense together."""
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..bundle.info import default_bundle_dir
 from ..errors import InputError
 from .arguments import (
+    GEOMETRY_HELP,
     DEVICE_HELP,
     add_postprocess_options,
     add_run_options,
@@ -40,6 +41,7 @@ def add_parser(sub) -> None:
                     help="cohort folder (<id>/<id>_<channel>.nii.gz with <id>_seg.nii.gz) or a manifest CSV "
                          "(patient, one column per channel, mask, optional labels); masks are required")
     ev.add_argument("--out", "-o", type=Path, required=True, help="output folder (created if missing)")
+    ev.add_argument("--geometry", type=Path, default=None, help=GEOMETRY_HELP)
     who = ev.add_mutually_exclusive_group()
     who.add_argument("--patients", default=None,
                      help="'all' or comma-separated patient ids (default: the bundle's validation split when "
@@ -114,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     settings = bundle.settings(**postprocess_overrides(args))
     if not args.data.exists():
         raise InputError("data path does not exist", args.data)
-    cases = discover(args.data, bundle.channels)
+    cases = discover(args.data, bundle.channels, args.geometry)
     cases, source, notes = select_cases(cases, bundle.config, args.data, args.patients, args.split, bundle.path)
     require_masks(cases, args.data)
     device = resolve_device(args.device)

@@ -29,6 +29,8 @@ from ..io.segmentation import (
 )
 from ..io.tables import write_csv
 from .arguments import (
+    orientation_arg,
+    spacing_arg,
     DEVICE_HELP,
     UsageError,
     add_postprocess_options,
@@ -72,6 +74,12 @@ def add_parser(sub) -> None:
                      help="also write the classifier's RISE positive/negative seeds as segments")
     seg.add_argument("--seed-masks", type=positive_int, default=None,
                      help="number of RISE masks for --seeds (default: the bundle's)")
+    seg.add_argument("--orientation", type=orientation_arg, default=None, metavar="CODE",
+                     help="the input's true orientation when its header is wrong: where the column, row and slice "
+                          "indices point, e.g. PLS (default: the header's direction)")
+    seg.add_argument("--spacing", type=spacing_arg, default=None, metavar="MM",
+                     help="the input's true in-plane voxel size in mm when its header is wrong: one number or "
+                          "COLUMN,ROW (default: the header's)")
     add_postprocess_options(seg)
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
     add_run_options(seg, progress_help="bar: progress bars on stderr (default); json: one JSON object per line "
@@ -124,6 +132,7 @@ class _Done:
     notes: list[str]
     outputs: dict[str, str]
     timings: dict[str, float]
+    declared: dict
 
 
 def _report(done: _Done) -> dict:
@@ -146,6 +155,8 @@ def _report(done: _Done) -> dict:
         **result.settings.report(),
         "geometry": {"size": list(geom.size), "spacing": list(geom.spacing), "origin": list(geom.origin),
                      "direction": list(geom.direction)},
+        "preprocessing": {**result.preprocessing, "declared": done.declared},
+        "warnings": result.warnings,
         "counts": {**result.counts, "tumor_volume_ml": round(result.counts.get("tumor_voxels", 0) * voxel_ml, 3)},
         "timings_s": {k: round(v, 4) for k, v in done.timings.items()},
         "notes": done.notes,
@@ -174,10 +185,12 @@ def _write(done: _Done, t_start: float, progress: Callable) -> tuple[list[Path],
 def _summary(name: str, done: _Done, report: dict, written: list[Path]) -> None:
     c, total = report["counts"], report["timings_s"]["total"]
     margin, threshold = done.result.settings.scalp_margin_mm, done.result.threshold
+    stripped = done.result.preprocessing.get("skull_stripped")
     print(f"Segmented {name} with bundle '{done.bundle.name}' on {done.device} in {total:.1f} s: "
           f"{c['tumor_slices']} of {c['slices']} slices with tumour ({c['tumor_volume_ml']} ml), "
           f"{c['flagged_slices']} flagged for review (threshold {threshold:g})"
-          + (f"; scalp margin {margin:g} mm (--scalp-margin 0 for skull-stripped images)." if margin else "."))
+          + (f"; scalp margin {margin:g} mm (--scalp-margin 0 for skull-stripped images)" if margin else "")
+          + {True: "; the input was skull-stripped already.", False: "; brain extracted.", None: "."}[stripped])
     for path in written:
         print(f"  {path}")
 
@@ -218,11 +231,14 @@ def run(args: argparse.Namespace) -> int:
         note(msg)
 
     bundle.to(device)
+    declared = {k: v for k, v in (("orientation", args.orientation), ("spacing_mm", args.spacing)) if v is not None}
     result = segment_arrays(bundle, volume.channels, device, settings,
                             seeds=bundle.rise(args.seed_masks) if args.seeds else None,
-                            spacing=volume.geometry.inplane_spacing, progress=progress)
+                            geometry=volume.geometry.declared(args.orientation, args.spacing), progress=progress)
+    for msg in result.warnings:
+        warn(msg)
     done = _Done(args, bundle, paths, device, volume, result, notes, outputs,
-                 {"load_bundle": t_load, "read": t_read, **result.timings})
+                 {"load_bundle": t_load, "read": t_read, **result.timings}, declared)
     written, report = _write(done, t_start, progress)
     progress.close()
     progress.event(stage="done", outputs={k: str(args.out / v) for k, v in outputs.items()},

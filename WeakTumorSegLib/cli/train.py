@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .arguments import DEVICE_HELP, PROG, UsageError, add_run_options
+from .arguments import DEVICE_HELP, GEOMETRY_HELP, PROG, UsageError, add_run_options
 
 PRESETS_HELP = ("paper: the settings of Yoo et al. (VGG16 classifier, 100-200 epochs per network; for a GPU); "
                 "default: compact networks and short schedules that train on about 40 patients in about half an "
@@ -33,6 +33,7 @@ def add_parser(sub) -> None:
                     help="JSON file overriding any preset value (docs/options.md lists the keys)")
     tr.add_argument("--channels", default=None,
                     help="comma-separated channel names, FLAIR included (default: the preset's flair,t1,t1ce)")
+    tr.add_argument("--geometry", type=Path, default=None, help=GEOMETRY_HELP)
     tr.add_argument("--run-dir", type=Path, default=None, help="run directory (default: <out>.run)")
     tr.add_argument("--resume", action="store_true", help="continue the run in the run directory")
     tr.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -60,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
         overrides["channels"] = names
         if "flair" not in names:
             raise UsageError("--channels must include flair (the converter and the difference score use it)")
+    if args.geometry is not None:
+        if not args.geometry.is_file():
+            raise UsageError("geometry declaration file not found", args.geometry)
+        overrides["data"] = {"geometry": str(args.geometry.resolve())}
     config = resolve_config(args.preset, args.config, overrides)
     run_dir = args.run_dir or args.out.with_name(args.out.name + ".run")
     if args.out.exists() and not args.resume:

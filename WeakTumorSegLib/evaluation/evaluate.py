@@ -66,7 +66,7 @@ def evaluate_case(bundle: Bundle, case: Case, device: torch.device | str, option
     if have["residual"]:
         extra.append(EXTRA_HEALTHY)
     result = segment_arrays(bundle, volume.channels, device, options.settings, seeds=options.rise,
-                            spacing=volume.geometry.inplane_spacing, extra=extra, progress=progress)
+                            geometry=case.geometry(volume.geometry), extra=extra, progress=progress)
     masks: dict[str, np.ndarray] = {"fused": result.mask}
     for key in ("s0", "s_os", "s_us", "seed_only"):
         if have[key]:

@@ -1,7 +1,9 @@
 """Whole-volume inference, one function per step (Yoo et al., sections 2.4, 2.5 and 3):
 
-1. :func:`prepare`: normalise the channels, crop to the brain box, resample to the bundle's
-   in-plane scale and tile every axial slice into patches (:mod:`WeakTumorSegLib.preprocessing`);
+1. :func:`prepare`: the volume in the canonical orientation, on the bundle's in-plane spacing,
+   brain-extracted and normalised inside the brain
+   (:func:`~WeakTumorSegLib.preprocessing.standardise.standardise`), every axial slice tiled
+   into patches;
 2. :func:`classify`: the classifier C gates each patch (p <= 0.5: empty map); patches that are
    zero in every channel contain no tissue and are gated out without running C; with
    ``slice_smoothing`` each patch's p is first averaged with the same tile's p on the
@@ -12,7 +14,8 @@
 5. :func:`seed_masks`: optionally, C's RISE seeds of the gated patches
    (:mod:`WeakTumorSegLib.stages.seeds`);
 6. :func:`finish`: overlapping patch maps are averaged (gated-out patches count as zeros), mapped
-   back to the input grid, post-processed (:mod:`.postprocess`) and binarised; the difference
+   back to the input grid, cleared outside the brain, post-processed (:mod:`.postprocess`) and
+   binarised; the difference
    |x - x_hat| is averaged over each slice's mask (Eq. 19) to flag low-confidence slices
    (:mod:`WeakTumorSegLib.stages.difference_filter`).
 
@@ -38,12 +41,14 @@ import torch
 
 from ..bundle.load import Bundle
 from ..errors import BundleError
-from ..preprocessing.crop import Crop, brain_bbox, plan_crop, to_input, to_working
-from ..preprocessing.intensity import normalize_channels
+from ..io.images import Geometry
+from ..preprocessing.orientation import code_from_direction
+from ..preprocessing.standardise import Standardised, standardise
 from ..preprocessing.tiling import Tiling
 from ..stages.difference_filter import flag_slices, mean_in_mask
 from ..stages.fusion import fuse, smooth_across_slices
 from ..stages.seeds import RiseConfig, classifier_rise, extend_negative_seeds, gate_positive_seeds, normalize_maps
+from .checks import out_of_distribution, possible_miss
 from .postprocess import postprocess
 from .result import SegmentationResult
 from ..bundle.settings import InferenceSettings
@@ -59,25 +64,31 @@ NOT_SEGMENTERS = ("classifier", "converter")
 
 @dataclass
 class Prepared:
-    """A volume ready for the networks: normalised channels on the input grid, the working grid
-    and its patches."""
+    """A volume ready for the networks: the standardised volume and its patches."""
 
-    stack: np.ndarray  #: (slice, channel, row, column), normalised, input grid
-    crop: Crop  #: where the working grid sits in the input grid
-    work: np.ndarray  #: (slice, channel, row, column) on the working grid
+    std: Standardised
     tiling: Tiling
     patches: np.ndarray  #: (patch, channel, P, P), slice-major
     tissue: np.ndarray  #: indices of the patches that are not zero in every channel
     flair: int  #: index of the FLAIR channel
 
     @property
-    def input_hw(self) -> tuple[int, int]:
-        return self.stack.shape[2], self.stack.shape[3]
+    def work(self) -> np.ndarray:
+        """(slice, channel, row, column) on the working grid."""
+        return self.std.work
+
+    def flair_input(self) -> np.ndarray:
+        """The FLAIR scaled to [0, 1], on the input grid and in its layout."""
+        return self.std.input_layout(self.std.stack[:, self.flair])
 
     def back(self, patch_maps: np.ndarray, weights: np.ndarray | None = None,
              fill: np.ndarray | None = None) -> np.ndarray:
         """Patch maps stitched on the working grid and mapped back to the input grid."""
-        return to_input(self.tiling.stitch(patch_maps, weights=weights, fill=fill), self.crop, self.input_hw)
+        return self.std.to_input(self.tiling.stitch(patch_maps, weights=weights, fill=fill))
+
+    def brain_input(self) -> np.ndarray | None:
+        """The brain on the input grid (None without brain extraction)."""
+        return None if self.std.brain is None else self.std.to_input(self.std.brain.astype(np.float32)) > 0.5
 
 
 def batched(fn: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray, batch: int, device: torch.device,
@@ -94,20 +105,21 @@ def batched(fn: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray, batch: in
     return np.concatenate(out, axis=0)
 
 
-def prepare(bundle: Bundle, channels: Mapping[str, np.ndarray], settings: InferenceSettings) -> Prepared | np.ndarray:
-    """Step 1: the volume ready for the networks, or its normalised stack when it holds nothing
-    but background (then there is nothing to segment)."""
-    pp = bundle.preprocessing
-    stack = normalize_channels(channels, bundle.channels, pp.clip_percentiles)
-    bbox = brain_bbox(stack, pp.brain_threshold)
-    if bbox is None:
-        return stack
-    crop = plan_crop(bbox, pp.inplane_scale)
-    work = to_working(stack, crop)
-    tiling = Tiling.plan(stack.shape[0], crop.height, crop.width, bundle.patch_size, settings.stride)
-    patches = tiling.extract(work)
+def prepare(bundle: Bundle, channels: Mapping[str, np.ndarray], settings: InferenceSettings,
+            geometry: Geometry | None = None) -> Prepared | None:
+    """Step 1: the volume ready for the networks, or None when it holds nothing but background
+    (then there is nothing to segment). ``geometry`` gives the voxel size and orientation
+    (default: 1 mm voxels in the canonical layout)."""
+    spacing = geometry.spacing if geometry is not None else (1.0, 1.0, 1.0)
+    code = code_from_direction(geometry.direction) if geometry is not None else "PLS"
+    std = standardise(channels, bundle.channels, bundle.preprocessing, bundle.flair_channel, spacing, code)
+    if std is None:
+        return None
+    z, _, h, w = std.work.shape
+    tiling = Tiling.plan(z, h, w, bundle.patch_size, settings.stride)
+    patches = tiling.extract(std.work)
     tissue = np.flatnonzero(patches.reshape(len(patches), -1).any(axis=1))
-    return Prepared(stack, crop, work, tiling, patches, tissue, bundle.channels.index(bundle.flair_channel))
+    return Prepared(std, tiling, patches, tissue, bundle.channels.index(bundle.flair_channel))
 
 
 def classify(classifier: torch.nn.Module, vol: Prepared, settings: InferenceSettings, device: torch.device,
@@ -201,12 +213,14 @@ def finish(vol: Prepared, p: np.ndarray, patch_maps: Mapping[str, np.ndarray], h
            spacing: Sequence[float]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """Step 6: ``(probabilities, masks, difference scores, p_tumor per slice)``; the first two keyed
     like ``patch_maps`` (``fused`` and the extra segmenters), on the input grid."""
-    flair_in = vol.stack[:, vol.flair]
+    flair_in = vol.flair_input()
     probabilities = {name: vol.back(maps) for name, maps in patch_maps.items()}
+    brain = vol.brain_input()
+    if brain is not None:  # stitching and resampling must not carry a map outside the brain
+        probabilities = {name: pr * brain for name, pr in probabilities.items()}
     probabilities, masks = postprocess(probabilities, flair_in, spacing, settings)
     x_work = vol.work[:, vol.flair]
-    diff = to_input(np.abs(x_work - vol.tiling.stitch(healthy, weights=gate_w, fill=x_work)), vol.crop,
-                    vol.input_hw)
+    diff = vol.std.to_input(np.abs(x_work - vol.tiling.stitch(healthy, weights=gate_w, fill=x_work)))
     scores = mean_in_mask(diff, masks["fused"])
     p_slice = p.reshape(vol.tiling.slices, vol.tiling.per_slice).max(axis=1)
     return probabilities, masks, scores, p_slice
@@ -219,9 +233,8 @@ def residual_inputs(vol: Prepared, healthy_all: np.ndarray) -> tuple[np.ndarray,
     x_work = vol.work[:, vol.flair]
     tissue_w = np.zeros(len(vol.patches))
     tissue_w[vol.tissue] = 1
-    residual = to_input(x_work - vol.tiling.stitch(healthy_all, weights=tissue_w, fill=x_work), vol.crop,
-                        vol.input_hw)
-    flair01 = vol.stack[:, vol.flair].copy()
+    residual = vol.std.to_input(x_work - vol.tiling.stitch(healthy_all, weights=tissue_w, fill=x_work))
+    flair01 = vol.flair_input().copy()
     return flair01, flair01 - residual
 
 
@@ -240,11 +253,11 @@ def _check_request(bundle: Bundle, channels: Mapping[str, np.ndarray], extra: Se
     return models
 
 
-def _empty_result(stack: np.ndarray, flair: int, settings: InferenceSettings, seeds: bool,
+def _empty_result(flair: np.ndarray, settings: InferenceSettings, seeds: bool,
                   extra_models: Sequence[str], healthy: bool, timings: dict[str, float]) -> SegmentationResult:
     """The result for a volume of nothing but background: an empty mask, not an error."""
-    z = stack.shape[0]
-    empty = np.zeros((z, *stack.shape[2:]), dtype=np.float32)
+    z = flair.shape[0]
+    empty = np.zeros(flair.shape, dtype=np.float32)
     seeds_out = empty.astype(np.uint8) if seeds else None
     counts = {"slices": z, "patches": 0, "tissue_patches": 0, "gated_patches": 0, "tumor_slices": 0,
               "tumor_voxels": 0, "flagged_slices": 0}
@@ -252,18 +265,19 @@ def _empty_result(stack: np.ndarray, flair: int, settings: InferenceSettings, se
                               settings, seeds_out, seeds_out, timings, counts,
                               {n: empty.astype(np.uint8) for n in extra_models},
                               {n: empty.copy() for n in extra_models},
-                              stack[:, flair].copy() if healthy else None, stack[:, flair].copy() if healthy else None)
+                              empty.copy() if healthy else None, empty.copy() if healthy else None)
 
 
 def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: torch.device | str = "cpu",
                    settings: InferenceSettings | None = None, seeds: RiseConfig | bool | None = None,
-                   spacing: Sequence[float] = (1.0, 1.0), extra: Sequence[str] = (),
+                   geometry: Geometry | None = None, extra: Sequence[str] = (),
                    progress: ProgressFn | None = None) -> SegmentationResult:
     """Segment one volume given as ``{channel name: (slice, row, column) array}``.
 
     ``settings`` defaults to the bundle's (:meth:`~WeakTumorSegLib.bundle.info.BundleInfo.settings`);
     ``seeds``, a RISE configuration (e.g. ``bundle.rise(n_masks)``; True: the bundle's), adds C's
-    seeds; ``spacing`` is the in-plane (row, column) voxel size in mm (for the scalp margin).
+    seeds; ``geometry`` is the volume's voxel grid (its spacing and direction, possibly declared:
+    :meth:`~WeakTumorSegLib.io.images.Geometry.declared`; default 1 mm voxels, canonical layout).
     Channels the bundle does not use are ignored; a missing one raises :class:`BundleError`.
     ``extra`` names further outputs for evaluation (see the module docstring).
     """
@@ -276,12 +290,12 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
     models, timings = bundle.models, {}
     t0 = time.perf_counter()
     say("preprocess", 0, 1)
-    vol = prepare(bundle, channels, settings)
+    vol = prepare(bundle, channels, settings, geometry)
     timings["preprocess"] = time.perf_counter() - t0
     say("preprocess", 1, 1)
-    if not isinstance(vol, Prepared):
-        flair = bundle.channels.index(bundle.flair_channel)
-        return _empty_result(vol, flair, settings, seeds is not None, extra_models, want_healthy, timings)
+    if vol is None:
+        return _empty_result(np.asarray(channels[bundle.flair_channel]), settings, seeds is not None, extra_models,
+                             want_healthy, timings)
 
     with torch.inference_mode():
         t = time.perf_counter()
@@ -307,6 +321,7 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
 
     t = time.perf_counter()
     say("postprocess", 0, 1)
+    spacing = geometry.inplane_spacing if geometry is not None else (1.0, 1.0)
     probabilities, masks, scores, p_slice = finish(vol, p, {"fused": fused, **single}, healthy, gate_w, settings,
                                                    spacing)
     mask = masks.pop("fused")
@@ -319,4 +334,14 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
               "gated_patches": int(len(gated)), "tumor_slices": int((mask.sum(axis=(1, 2)) > 0).sum()),
               "tumor_voxels": int(mask.sum()), "flagged_slices": int(flagged.sum())}
     return SegmentationResult(mask, probabilities.pop("fused"), p_slice, scores, flagged, reasons, settings, pos, neg,
-                              timings, counts, masks, probabilities, healthy01, flair01)
+                              timings, counts, masks, probabilities, healthy01, flair01,
+                              *_input_checks(bundle, vol, len(gated)))
+
+
+def _input_checks(bundle: Bundle, vol: Prepared, gated: int) -> tuple[dict, list[str]]:
+    """How the input was read, and the warnings of :mod:`.checks`."""
+    std = vol.std
+    info = {"orientation": std.reorientation.code, "skull_stripped": std.stripped, "stats": std.stats}
+    warnings = out_of_distribution(std.stats, bundle.config.get("preprocessing_stats") or {})
+    miss = possible_miss(std.work[:, vol.flair], std.brain, bundle.preprocessing.spacing_mm, gated)
+    return info, warnings + ([miss] if miss else [])

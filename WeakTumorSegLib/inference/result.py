@@ -39,6 +39,10 @@ class SegmentationResult:
     healthy: np.ndarray | None = None
     #: with ``"healthy"``: the normalised [0, 1] FLAIR the converter saw
     flair: np.ndarray | None = None
+    #: how the input was read: ``orientation``, ``skull_stripped`` and the standardised volume's ``stats``
+    preprocessing: dict = field(default_factory=dict)
+    #: the input is unlike the training data, or the empty mask may be a miss (:mod:`.checks`)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def threshold(self) -> float:

@@ -12,6 +12,17 @@ absolute; an empty cell means "absent"). Every patient needs slice labels: a lab
 mask, or both (the CSV wins when both exist). Patients are split into training and validation
 patients, never slices.
 
+Files whose headers carry no true orientation or voxel size (TCGA-LGG's identity affines) get
+them from a declaration file, ``geometry.json`` beside the patient folders or the manifest, or
+given with ``--geometry``::
+
+    {"orientation": "PLS", "spacing_mm": [0.9, 0.9],
+     "patients": {"<id>": {"spacing_mm": [0.94, 0.94]}}}
+
+``orientation`` is the code of where the stored column, row and slice indices point
+(:mod:`~WeakTumorSegLib.preprocessing.orientation`), ``spacing_mm`` the in-plane (column, row)
+voxel size; ``patients`` overrides either per patient. Undeclared values come from the headers.
+
 Arrays are SimpleITK-ordered ``(slice, row, column)``; axis 0 is the axial slice axis.
 """
 
@@ -50,13 +61,19 @@ class Case:
     channels: dict[str, Path]
     mask: Path | None = None
     labels: Path | None = None
+    declared: dict | None = None  #: declared ``orientation`` and ``spacing_mm`` (see the module docstring)
+
+    def geometry(self, header: Geometry) -> Geometry:
+        """The true voxel grid: the header's with the declared values in place."""
+        d = self.declared or {}
+        return header.declared(d.get("orientation"), d.get("spacing_mm")) if d else header
 
 
 # --------------------------------------------------------------------------------------------
 # Discovery
 
 
-def discover(data: str | Path, channels: Sequence[str]) -> list[Case]:
+def discover(data: str | Path, channels: Sequence[str], geometry: str | Path | None = None) -> list[Case]:
     """Find the patients of a cohort folder or manifest CSV, sorted by patient id.
 
     Channel names are matched case-insensitively (file names and manifest columns). Raises
@@ -69,10 +86,63 @@ def discover(data: str | Path, channels: Sequence[str]) -> list[Case]:
     if not data.exists():
         raise InputError("data path does not exist", data)
     if data.is_dir():
-        return _discover_folder(data, names)
-    if data.suffix.lower() == ".csv":
-        return _discover_manifest(data, names)
-    raise InputError("not a cohort folder or a manifest .csv file; " + _LAYOUT, data)
+        cases = _discover_folder(data, names)
+    elif data.suffix.lower() == ".csv":
+        cases = _discover_manifest(data, names)
+    else:
+        raise InputError("not a cohort folder or a manifest .csv file; " + _LAYOUT, data)
+    default = (data if data.is_dir() else data.parent) / GEOMETRY_FILE
+    path = Path(geometry) if geometry is not None else (default if default.is_file() else None)
+    if path is not None:
+        declarations = read_declarations(path)
+        for case in cases:
+            case.declared = {**{k: v for k, v in declarations.items() if k != "patients"},
+                             **declarations.get("patients", {}).get(case.id, {})}
+    return cases
+
+
+#: The declaration file looked for beside the patient folders or the manifest.
+GEOMETRY_FILE = "geometry.json"
+
+
+def _check_declaration(d: object, path: Path, where: str) -> dict:
+    from ..preprocessing.orientation import check_code
+
+    if not isinstance(d, dict):
+        raise InputError(f"{where} must be a JSON object", path)
+    unknown = sorted(set(d) - {"orientation", "spacing_mm", "patients"})
+    if unknown:
+        raise InputError(f"{where}: unknown key(s) {', '.join(unknown)} (known: orientation, spacing_mm, patients)",
+                         path)
+    out = {}
+    if d.get("orientation") is not None:
+        try:
+            out["orientation"] = check_code(d["orientation"])
+        except ValueError as exc:
+            raise InputError(f"{where}: {exc}", path) from None
+    if d.get("spacing_mm") is not None:
+        sp = d["spacing_mm"]
+        if not (isinstance(sp, list) and len(sp) == 2 and all(isinstance(x, (int, float)) and x > 0 for x in sp)):
+            raise InputError(f"{where}: spacing_mm must be two positive numbers [column, row] in mm", path)
+        out["spacing_mm"] = (float(sp[0]), float(sp[1]))
+    return out
+
+
+def read_declarations(path: str | Path) -> dict:
+    """A cohort's geometry declarations (see the module docstring), checked."""
+    import json
+
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot be read as a geometry declaration ({exc})", path) from None
+    out = _check_declaration(raw, path, "the declaration")
+    patients = raw.get("patients") or {}
+    if not isinstance(patients, dict):
+        raise InputError("'patients' must map patient ids to declarations", path)
+    out["patients"] = {str(k): _check_declaration(v, path, f"patient '{k}'") for k, v in patients.items()}
+    return out
 
 
 def check_channel_names(channels: Sequence[str]) -> list[str]:

@@ -48,6 +48,16 @@ class Geometry:
         """(row, column) voxel size of the ``(slice, row, column)`` arrays, i.e. (y, x) spacing."""
         return float(self.spacing[1]), float(self.spacing[0])
 
+    def declared(self, orientation: str | None = None, spacing: tuple[float, float] | None = None) -> "Geometry":
+        """This grid with a declared true orientation code (see
+        :mod:`~WeakTumorSegLib.preprocessing.orientation`) and/or in-plane voxel size in mm
+        (``(x, y)``, i.e. column and row) replacing the header's, for files whose header is wrong."""
+        from ..preprocessing.orientation import direction_from_code
+
+        direction = self.direction if orientation is None else direction_from_code(orientation)
+        sp = self.spacing if spacing is None else (float(spacing[0]), float(spacing[1]), self.spacing[2])
+        return Geometry(self.size, sp, self.origin, direction)
+
     def apply(self, image: sitk.Image) -> sitk.Image:
         image.SetSpacing(self.spacing)
         image.SetOrigin(self.origin)

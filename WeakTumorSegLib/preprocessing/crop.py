@@ -49,9 +49,11 @@ def _resize(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=down)
 
 
-def plan_crop(bbox: tuple[int, int, int, int], scale: float) -> Crop:
+def plan_crop(bbox: tuple[int, int, int, int], scale: float, scale_x: float | None = None) -> Crop:
+    """The crop to ``bbox``, resampled by ``scale`` (rows) and ``scale_x`` (columns; default ``scale``)."""
     y0, y1, x0, x1 = bbox
-    return Crop(y0, y1, x0, x1, max(1, int(round((y1 - y0) * scale))), max(1, int(round((x1 - x0) * scale))))
+    sx = scale if scale_x is None else scale_x
+    return Crop(y0, y1, x0, x1, max(1, int(round((y1 - y0) * scale))), max(1, int(round((x1 - x0) * sx))))
 
 
 def to_working(stack: np.ndarray, crop: Crop) -> np.ndarray:

@@ -34,7 +34,7 @@ def head_level(flair: np.ndarray) -> float | None:
     return 0.5 * float(threshold_otsu(nz))
 
 
-def _convex_hull(mask: np.ndarray) -> np.ndarray:
+def convex_hull(mask: np.ndarray) -> np.ndarray:
     """The filled convex hull of a 2D mask: the pixels whose centres lie within half a pixel of
     the hull of its boundary pixels' centres (as if the hull were drawn around whole pixels)."""
     edge = np.argwhere(mask & ~ndi.binary_erosion(mask))
@@ -66,7 +66,7 @@ def head_mask(flair: np.ndarray, level: float | None = None) -> np.ndarray:
     for k, sl in enumerate(v):
         m = ndi.binary_opening(sl > level)
         if m.any():
-            out[k] = _convex_hull(_large_components(m, 0.02))
+            out[k] = convex_hull(_large_components(m, 0.02))
     return out
 
 

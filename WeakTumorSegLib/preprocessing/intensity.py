@@ -21,14 +21,19 @@ class PreprocessConfig:
     clip_percentiles: tuple[float, float] = (1.0, 99.0)
     inplane_scale: float = 1.0
     brain_threshold: float = 0.0
+    spacing_mm: float | None = None
+    """In-plane voxel size of the working grid; None: bundles from before site-independent
+    preprocessing (raw voxel axes, no brain extraction, ``inplane_scale``)."""
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "PreprocessConfig":
+        spacing = d.get("spacing_mm")
         return cls(tuple(d.get("clip_percentiles", (1.0, 99.0))), float(d.get("inplane_scale", 1.0)),
-                   float(d.get("brain_threshold", 0.0)))
+                   float(d.get("brain_threshold", 0.0)), None if spacing is None else float(spacing))
 
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
+                if not (k == "spacing_mm" and v is None)}
 
 
 def normalize_channel(volume: np.ndarray, percentiles: Sequence[float] = (1.0, 99.0)) -> np.ndarray:

@@ -43,6 +43,7 @@ def write_bundle(run: TrainingRun, models: Mapping[str, nn.Module]) -> Path:
         "description": f"Trained with preset '{cfg.get('preset')}' on {run.data_path.name} from slice labels only.",
         "channels": run.channels, "flair_channel": cfg["flair_channel"], "patch_size": cfg["patch_size"],
         "preprocessing": cfg["preprocessing"], "inference": cfg["inference"], "rise": rise,
+        "preprocessing_stats": run.stats,
         "training": {"preset": cfg.get("preset"), "config": cfg, "data": str(run.data_path),
                      "split": json.loads((run.dir / "split.json").read_text()),
                      "slices": {"train": len(run.train.label), "train_tumour": int(run.train.label.sum()),

@@ -38,7 +38,7 @@ from .gan import train_gan
 from .refinement import refine
 from .seeds import make_seeds
 from .segmenters import segmenter_negative_seeds, train_segmenter
-from .slices import load_slices, validate_cohort
+from .slices import load_slices, stat_ranges, validate_cohort
 
 Log = Callable[[str], None]
 Progress = Callable[[str, int, int], None]
@@ -61,6 +61,7 @@ class TrainingRun:
         self.progress = progress if (progress and self.dist.main) else (lambda *a: None)
         self.seed = int(self.config.get("seed", 0))
         self.timings: dict[str, float] = {}
+        self.stats: dict[str, list[float]] = {}  # ranges of the training volumes' statistics (load_data)
         self.warnings: list[str] = []  # signs of a failed run (training_warnings), set by the bundle stage
         self.resumed: dict[str, float] = {}  # seconds a stage ran before a resume
         self.channels = list(self.config["channels"])
@@ -95,7 +96,7 @@ class TrainingRun:
     # -- data --------------------------------------------------------------------------------------
     def load_data(self) -> None:
         cfg, dcfg = self.config, self.config["data"]
-        cases = discover(self.data_path, self.channels)
+        cases = discover(self.data_path, self.channels, dcfg.get("geometry"))
         split_path = self.dir / "split.json"
         if split_path.is_file():
             split = json.loads(split_path.read_text())
@@ -108,7 +109,9 @@ class TrainingRun:
         pp = PreprocessConfig.from_dict(cfg["preprocessing"])
         self.log(f"reading {len(cases)} patients ({len(train_ids)} train / {len(val_ids)} validation)")
         slices = load_slices(cases, self.channels, pp, cfg["patch_size"], dcfg["erosion"], dcfg["max_zero_fraction"],
-                             self.seed, progress=lambda d, t: self.progress("data", d, t))
+                             self.seed, progress=lambda d, t: self.progress("data", d, t),
+                             flair=cfg["flair_channel"])
+        self.stats = stat_ranges([slices.stats[i] for i in train_ids if slices.stats.get(i)])
         self.train = slices.select_patients(train_ids)
         self.val = slices.select_patients(val_ids)
         validate_cohort(self.train, self.data_path)

@@ -1,7 +1,7 @@
 """Training slices (Yoo et al., section 3.1), made with inference's own preprocessing.
 
-Per patient: per-channel percentile clipping and min-max scaling, crop to the brain bounding
-box, in-plane resampling by the bundle's ``inplane_scale``, then one random crop/pad per volume
+Per patient: the standardisation of inference (canonical orientation, the bundle's in-plane
+spacing, brain extraction, normalisation inside the brain), then one random crop/pad per volume
 to the network's patch size ("randomly cropping and padding ... to fixed patches of size 128").
 Slices more than half zero in every channel are dropped, as in the paper. The paper's further
 rule for BraTS (drop the first and last 30 slices of 155) is specific to that geometry and is
@@ -10,7 +10,7 @@ not applied here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +19,9 @@ import numpy as np
 from ..errors import InputError
 from ..io.cohort import Case, case_folder, check_channel_names, labels_from_mask, read_mask, slice_labels
 from ..io.images import read_channels
-from ..preprocessing.crop import brain_bbox, plan_crop, to_working
-from ..preprocessing.intensity import PreprocessConfig, normalize_channels, zero_fraction
+from ..preprocessing.intensity import PreprocessConfig, zero_fraction
+from ..preprocessing.orientation import code_from_direction
+from ..preprocessing.standardise import standardise
 
 
 @dataclass
@@ -40,6 +41,8 @@ class SliceSet:
     slice_index: np.ndarray
     patients: list[str]
     channels: list[str] = field(default_factory=list)
+    #: per patient, :func:`~WeakTumorSegLib.preprocessing.standardise.volume_stats`
+    stats: dict[str, dict] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
@@ -96,13 +99,31 @@ def _crop_pad(a: np.ndarray, py: tuple[int, int, int], px: tuple[int, int, int],
     return out
 
 
+def stat_ranges(stats: Sequence[Mapping[str, float]]) -> dict[str, list[float]]:
+    """``{statistic: [lowest, highest]}`` over volumes' :func:`~WeakTumorSegLib.preprocessing.standardise.volume_stats`
+    (the bundle's ``preprocessing_stats``, which :mod:`WeakTumorSegLib.inference.checks` compares inputs with)."""
+    keys = sorted({k for st in stats for k in st})
+    return {k: [min(st[k] for st in stats if k in st), max(st[k] for st in stats if k in st)] for k in keys}
+
+
+def _canonical_labels(labels: np.ndarray, code: str, case: Case) -> np.ndarray:
+    """Slice labels in stored order -> canonical slice order (the slices must be the stored k axis)."""
+    if code[2] == "S":
+        return labels
+    if code[2] == "I":
+        return labels[::-1].copy()
+    raise InputError(f"slice labels from a CSV need axial slices along the volume's third axis, but its "
+                     f"orientation is {code}; give a mask instead", case.labels)
+
+
 def load_slices(cases: Sequence[Case], channels: Sequence[str], pp: PreprocessConfig, patch: int = 128,
                 erosion: int = 0, max_zero_fraction: float = 0.5, seed: int = 0,
-                progress: ProgressFn | None = None) -> SliceSet:
+                progress: ProgressFn | None = None, flair: str | None = None) -> SliceSet:
     """Read, preprocess and cut every case into axial training slices of ``patch x patch``.
 
-    Per case: ``read_channels`` (geometry checked), ``normalize_channels``, brain bounding box,
-    ``plan_crop`` and ``to_working`` at ``pp.inplane_scale`` (exactly inference's preprocessing),
+    Per case: ``read_channels`` (geometry checked), the case's declared geometry, and
+    :func:`~WeakTumorSegLib.preprocessing.standardise.standardise` (exactly inference's
+    preprocessing; ``flair``, default the first channel, is the channel brain extraction uses),
     then one random crop/pad of the working slices to ``patch x patch`` per volume (the same offset
     for all its slices; ``np.random.default_rng([seed, case index])``): zero padding at a random
     offset along an axis no longer than ``patch``, a random crop along a longer one.
@@ -118,6 +139,8 @@ def load_slices(cases: Sequence[Case], channels: Sequence[str], pp: PreprocessCo
     dropped (as in the paper). ``progress(done, total)`` is called after each case.
     """
     names = check_channel_names(channels)
+    flair = flair or names[0]
+    stats: dict[str, dict] = {}
     if patch < 1:
         raise ValueError("patch must be >= 1")
     cases = list(cases)
@@ -129,29 +152,33 @@ def load_slices(cases: Sequence[Case], channels: Sequence[str], pp: PreprocessCo
     for ci, case in enumerate(cases):
         paths = {n: _channel_path(case, n) for n in names}
         volume = read_channels(paths)
-        stack = normalize_channels(volume.channels, names, pp.clip_percentiles)
-        z = stack.shape[0]
-        labels = slice_labels(case, z, erosion) if case.labels is not None else None
+        geometry = case.geometry(volume.geometry)
+        std = standardise(volume.channels, names, pp, flair, geometry.spacing, code_from_direction(geometry.direction))
+        labels = None
         mask = None
         if case.mask is not None:
             mask = read_mask(Path(case.mask), volume.geometry, f"channel '{names[0]}' ({paths[names[0]]})")
-            if labels is None:
-                labels = labels_from_mask(mask, erosion)
-        bbox = brain_bbox(stack, pp.brain_threshold)
-        if bbox is not None:  # an all-background volume contributes no slices
-            crop = plan_crop(bbox, pp.inplane_scale)
-            work = to_working(stack, crop)
+        if std is not None:  # an all-background volume contributes no slices
+            work = std.work
+            if case.labels is not None:
+                labels = _canonical_labels(slice_labels(case, volume.channels[names[0]].shape[0], erosion),
+                                           std.reorientation.code, case)
+            else:
+                labels = labels_from_mask(std.reorientation.to_canonical(mask), erosion)
+            stats[case.id] = std.stats
             rng = np.random.default_rng([seed, ci])
-            py, px = _place(crop.height, patch, rng), _place(crop.width, patch, rng)
+            py, px = _place(work.shape[2], patch, rng), _place(work.shape[3], patch, rng)
             x = _crop_pad(work, py, px, patch)
             lab = labels.copy()
             m = None
             if mask is not None:
-                wm = to_working(mask[:, None].astype(np.float32), crop)[:, 0]
-                m = _crop_pad(wm, py, px, patch) > 0.5
-                lost = mask.any(axis=(1, 2)) & ~m.any(axis=(1, 2))
+                m = _crop_pad(std.working(mask), py, px, patch) > 0.5
+                lost = std.reorientation.to_canonical(mask).any(axis=(1, 2)) & ~m.any(axis=(1, 2))
                 lab[lost] = 0
-            keep = np.flatnonzero(zero_fraction(x) <= max_zero_fraction)
+            # the share of background is the input's, in the head's box (the paper's rule for its slices;
+            # the part outside the brain and the padding of a small brain box would count as background)
+            keep = np.flatnonzero((std.background if std.background is not None else zero_fraction(x))
+                                  <= max_zero_fraction)
             parts["x"].append(x[keep].astype(np.float32, copy=False))
             parts["label"].append(lab[keep].astype(np.uint8))
             if with_masks:
@@ -172,6 +199,7 @@ def load_slices(cases: Sequence[Case], channels: Sequence[str], pp: PreprocessCo
         slice_index=cat("slice_index", (0,), np.int32),
         patients=ids,
         channels=names,
+        stats=stats,
     )
 
 
