@@ -2,8 +2,10 @@
 
 Volume nodes are built from arrays (oblique, anisotropic), segmented in a background process with the
 tiny test bundle (or the shipped phantom stand-in where a non-empty mask matters), and the resulting
-segmentation node, slice table, subject hierarchy, re-runs, cancel, errors and export are checked.
-Skipped where the wheel is not installed (it is pinned in the ``test`` extra for Python 3.11 on Linux).
+segmentation node, slice table, subject hierarchy, re-runs, cancel, errors and export are checked. How the
+core's warnings and an empty mask are shown is checked on hand-made outputs, through the Widget and its
+review panel on stand-in widgets. Skipped where the wheel is not installed (it is pinned in the ``test``
+extra for Python 3.11 on Linux).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import re
 import subprocess
 import sys
 import time
+import types
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -43,6 +47,7 @@ from WeakTumorSegLib.io.segmentation import (  # noqa: E402
     read_segmentation,
     write_segmentation,
 )
+from WeakTumorSegLib.io.tables import write_csv  # noqa: E402
 from support.phantoms import make_phantom, write_case  # noqa: E402
 
 SPACING = (0.9, 1.1, 3.0)  # SimpleITK (x, y, z)
@@ -265,6 +270,9 @@ def test_blocking_segment_makes_named_segmentation_with_segments(segmented):
     # the bundle's other inference settings are recorded on the node too (the tiny bundle has neither)
     assert seg.GetAttribute("WeakTumorSeg.SliceSmoothing") == "0.0"
     assert seg.GetAttribute("WeakTumorSeg.FlairTrim") == "0.0"
+    # the core's warnings and brain extraction reach the result and the node
+    assert result.warnings == result.report["warnings"] and segmented["logic"].resultWarnings(seg) == result.warnings
+    assert result.skullStripped is result.report["preprocessing"]["skull_stripped"]
     scene = segmented["scene"]  # no temporary node (or its display / storage node) is left behind
     assert nodes_of(scene, "vtkMRMLSegmentationNode") == [seg]
     assert len(nodes_of(scene, "vtkMRMLSegmentationDisplayNode")) == 1
@@ -531,6 +539,140 @@ def test_kill_process_tree_stops_grandchildren():
     while live_processes_in_group(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert live_processes_in_group(proc.pid) == []
+
+
+# ------------------------------------------------------------------------------------------------
+# the core's warnings, the brain extraction and an empty mask, shown next to the result
+
+UNLIKE = ("the input is unlike the bundle's training data: largest brain section (cm^2) is 512, training volumes "
+          "had 150 to 300; check the orientation, voxel size and sequence")
+MISS = ("no slice was gated as tumour, but the FLAIR shows a bright region of 5.2 cm^2 inside the brain (slice 3 "
+        "of the working grid); the empty mask may be a miss: review the images")
+RESULT_SHAPE = (6, 32, 32)
+
+
+def load_core_outputs(scene, name: str, folder, report: dict | None, tumor_slices=()) -> run.SegmentationResult:
+    """Load, as a finished job does, outputs of ``segment`` made by hand for a new volume ``name``: a Tumor
+    mask on ``tumor_slices``, the slice table and a report with the counts and ``report`` (None: no report)."""
+    volume = add_volume(scene, name, np.zeros(RESULT_SHAPE, np.float32))
+    outputs = job_module.outputFiles(folder)
+    folder.mkdir(parents=True)
+    mask = np.zeros(RESULT_SHAPE, np.uint8)
+    for k in tumor_slices:
+        mask[k, 10:20, 12:22] = 1
+    write_segmentation([Segment("Tumor", mask, TUMOR_COLOR, TUMOR_TERMINOLOGY)], expected_sitk_geometry(mask.shape),
+                       outputs["segmentation"])
+    write_csv([{"slice": k, "p_tumor": 0.1, "difference_score": 0.5, "flagged": 0, "flag_reason": "",
+                "tumor_pixels": int(mask[k].sum())} for k in range(len(mask))], core.SLICE_COLUMNS, outputs["slices"])
+    if report is not None:
+        counts = {"slices": len(mask), "tumor_slices": len(tumor_slices), "tumor_voxels": int(mask.sum()),
+                  "flagged_slices": 0}
+        outputs["report"].write_text(json.dumps({"device": "cpu", "counts": counts, **report}))
+    request = run.ResultRequest(volume, STANDIN_BUNDLE, None, job_module.SegmentOptions("cpu"))
+    return run.loadResults(scene, request, outputs)
+
+
+def preprocessing(skull_stripped) -> dict:
+    return {"preprocessing": {"orientation": "PLS", "skull_stripped": skull_stripped, "stats": {}, "declared": {}}}
+
+
+def test_report_warnings_and_brain_extraction_reach_the_result(tmp_path):
+    scene = new_scene()
+    logic = W.WeakTumorSegLogic(scene)
+    result = load_core_outputs(scene, "A", tmp_path / "a", {"warnings": [UNLIKE], **preprocessing(False)}, (2, 3))
+    assert result.warnings == [UNLIKE] and result.skullStripped is False and not result.empty
+    assert result.summary() == "Done on cpu: 2 of 6 slices with tumour, 0 flagged for review. Brain extracted."
+    assert logic.resultWarnings(result.segmentationNode) == [UNLIKE]  # kept on the node for the GUI
+    stripped = load_core_outputs(scene, "B", tmp_path / "b", {"warnings": [], **preprocessing(True)}, (1,))
+    assert stripped.warnings == [] and logic.resultWarnings(stripped.segmentationNode) == []
+    assert stripped.summary().endswith("0 flagged for review. Input was skull-stripped already.")
+    older_bundle = load_core_outputs(scene, "C", tmp_path / "c", {"warnings": [], **preprocessing(None)}, (1,))
+    assert older_bundle.skullStripped is None and older_bundle.summary().endswith("flagged for review.")
+
+
+def test_empty_mask_is_not_presented_as_a_confident_no_tumour(tmp_path):
+    scene = new_scene()
+    for name, warnings in (("E", [MISS]), ("F", [])):
+        result = load_core_outputs(scene, name, tmp_path / name, {"warnings": warnings, **preprocessing(False)})
+        assert result.empty and result.warnings == warnings
+        summary = result.summary()
+        assert summary == ("Done on cpu: 0 of 6 slices flagged for review. No tumour was found; this is not a "
+                           "confirmation that there is none — review the images. Brain extracted.")
+        assert run.EMPTY_MASK_CAUTION in summary and "slices with tumour" not in summary
+        assert W.WeakTumorSegLogic(scene).resultWarnings(result.segmentationNode) == warnings
+
+
+def test_older_report_without_warnings_or_preprocessing_is_read(tmp_path):
+    scene = new_scene()
+    logic = W.WeakTumorSegLogic(scene)
+    old = load_core_outputs(scene, "O", tmp_path / "old", {}, (2,))
+    assert old.warnings == [] and old.skullStripped is None and not old.empty
+    assert old.summary() == "Done on cpu: 1 of 6 slices with tumour, 0 flagged for review."
+    assert logic.resultWarnings(old.segmentationNode) == []
+    none = load_core_outputs(scene, "N", tmp_path / "none", None)  # no report at all: nothing is known
+    assert none.warnings == [] and not none.empty and none.summary() == (
+        "Done on ?: ? of ? slices with tumour, ? flagged for review.")
+    odd = load_core_outputs(scene, "W", tmp_path / "odd", {"warnings": "not a list", "preprocessing": [1]})
+    assert odd.warnings == [] and odd.skullStripped is None
+    user_seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "user segmentation")  # made elsewhere
+    assert logic.resultWarnings(user_seg) == [] and logic.resultWarnings(None) == []
+    user_seg.SetAttribute(run.WARNINGS_ATTRIBUTE, "{not json")
+    assert logic.resultWarnings(user_seg) == []
+
+
+class FakeLabel:
+    """A QLabel stand-in: its text and whether it is shown."""
+
+    def __init__(self) -> None:
+        self.text, self.visible = "", True
+
+    def setVisible(self, visible: bool) -> None:
+        self.visible = bool(visible)
+
+
+def test_widget_shows_the_warnings_next_to_the_result(tmp_path, monkeypatch):
+    """The Widget's end of a job on stand-in widgets (no Qt): the summary in the status line, the core's
+    warnings in the label under it, hidden for a result without any (an older report included)."""
+    monkeypatch.setattr(slicer, "qMRMLSegmentEditorWidget", mock.MagicMock, raising=False)
+    monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda *args, **kwargs: None)
+    scene = new_scene()
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    widget = W.WeakTumorSegWidget()
+    widget.ui = mock.MagicMock()
+    widget.ui.statusLabel, widget.ui.resultWarningsLabel = FakeLabel(), FakeLabel()
+    widget.logic = W.WeakTumorSegLogic(scene)
+    monkeypatch.setattr(widget.logic, "segmentEditorNode", lambda: None)  # a Segment Editor class, not in slicer-core
+    widget._parameterNode = types.SimpleNamespace(outputSegmentation=None)
+    widget.review = W.ReviewPanel(widget.ui, widget.logic, lambda: widget._parameterNode)
+    widget.review.update()
+    assert not widget.ui.resultWarningsLabel.visible  # nothing segmented yet
+
+    def finish(name: str, report: dict | None, tumor_slices=()) -> run.SegmentationResult:
+        result = load_core_outputs(scene, name, tmp_path / name, report, tumor_slices)
+        widget._job = types.SimpleNamespace(state="succeeded", result=result, running=False)
+        widget.onJobEnded()
+        assert widget._parameterNode.outputSegmentation is result.segmentationNode
+        return result
+
+    result = finish("A", {"warnings": [UNLIKE], **preprocessing(False)}, (2, 3))
+    label = widget.ui.resultWarningsLabel
+    assert label.visible and label.text == f"Warning: {UNLIKE}"
+    assert widget.ui.statusLabel.text == result.summary() == (
+        "Done on cpu: 2 of 6 slices with tumour, 0 flagged for review. Brain extracted.")
+
+    finish("E", {"warnings": [UNLIKE, MISS], **preprocessing(True)})
+    assert label.visible and label.text == f"Warning: {UNLIKE}\nWarning: {MISS}"
+    status = widget.ui.statusLabel.text
+    assert run.EMPTY_MASK_CAUTION in status and status.endswith("Input was skull-stripped already.")
+    assert "0 of 6 slices with tumour" not in status
+
+    finish("O", {}, (1,))  # an older core: no warnings, no preprocessing
+    assert not label.visible and label.text == ""
+    assert widget.ui.statusLabel.text == "Done on cpu: 1 of 6 slices with tumour, 0 flagged for review."
+
+    widget._parameterNode.outputSegmentation = widget.logic.resultNodesFor(scene.GetFirstNodeByName("A"))[0]
+    widget.review.update()  # choosing an earlier result shows its warnings again
+    assert label.visible and label.text == f"Warning: {UNLIKE}"
 
 
 # ------------------------------------------------------------------------------------------------

@@ -166,6 +166,17 @@ def _properties(widget: ET.Element) -> dict[str, str]:
     return {prop.get("name"): prop[0].text for prop in widget.findall("property")}
 
 
+def test_result_warnings_label_sits_under_the_status_line_hidden_until_needed(ui_widgets):
+    """The core's warnings about a result are shown right under the status line, styled as a warning, and
+    the label is hidden until a result has some (the review panel shows and hides it: test_slicer_logic.py)."""
+    root = ET.parse(UI_FILE).getroot()
+    main = next(lay for lay in root.iter("layout") if lay.get("name") == "verticalLayout")
+    names = [item.find("widget").get("name") for item in main.findall("item") if item.find("widget") is not None]
+    assert names[names.index("statusLabel") + 1] == "resultWarningsLabel"
+    props = _properties(ui_widgets["resultWarningsLabel"])
+    assert props["visible"] == "false" and props["wordWrap"] == "true" and "color:" in props["styleSheet"]
+
+
 def _within_range(tree: ast.Module, field: str) -> tuple[float, float]:
     """The ``WithinRange(low, high)`` bounds of a parameter node field (module constants resolved)."""
     cls = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "WeakTumorSegParameterNode")

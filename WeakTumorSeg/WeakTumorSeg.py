@@ -361,6 +361,7 @@ class WeakTumorSegLogic(ScriptedLoadableModuleLogic):
 
     isOurs = staticmethod(nodes.isOurs)
     inputVolumeOf = staticmethod(nodes.inputVolumeOf)
+    resultWarnings = staticmethod(run.resultWarnings)  # the core's warnings about the run that made a segmentation
     writeVolume = staticmethod(nodes.writeVolume)
 
     # -- segmenting ----------------------------------------------------------------------------------

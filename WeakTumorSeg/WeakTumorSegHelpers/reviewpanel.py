@@ -1,5 +1,5 @@
-"""The Review, Correct and Export sections of the module's GUI: the slice table of the current result,
-flagged-slice navigation, review statuses, the embedded Segment Editor and the export button.
+"""The Review, Correct and Export sections of the module's GUI: the current result's warnings, its slice
+table, flagged-slice navigation, review statuses, the embedded Segment Editor and the export button.
 
 GUI only: it is handed the module's widgets (``ui``) and Logic; the table's content is kept through
 the Logic (:mod:`.review`), so this file imports no Qt.
@@ -80,8 +80,9 @@ class ReviewPanel:
             self.selectSlice(flagged[0])
 
     def update(self, *args: Any) -> None:
-        """Show the current result's table, status counts and segmentation."""
-        table = self.currentTable()
+        """Show the current result's warnings, table, status counts and segmentation."""
+        seg, table = self.currentSegmentation(), self.currentTable()
+        self.showWarnings(self.logic.resultWarnings(seg))
         self.ui.sliceTableView.setMRMLTableNode(table)
         for button in (self.ui.previousFlaggedButton, self.ui.nextFlaggedButton, self.ui.markKeptButton,
                        self.ui.markCorrectedButton, self.ui.markExcludedButton):
@@ -89,9 +90,14 @@ class ReviewPanel:
         counts = self.logic.statusCounts(table) if table is not None else {}
         self.ui.reviewSummaryLabel.text = (", ".join(f"{n} {status}" for status, n in counts.items()) if counts
                                            else _("Segment a volume to review its slices."))
-        seg = self.currentSegmentation()
         if seg is not None and self.segmentEditorWidget.segmentationNode() != seg:
             self.editSegmentation(seg, self.logic.inputVolumeOf(seg))
+
+    def showWarnings(self, warnings: list[str]) -> None:
+        """The core's warnings about the current result under the status line; hidden when there are none."""
+        label = self.ui.resultWarningsLabel
+        label.text = "\n".join(_("Warning: {warning}").format(warning=w) for w in warnings)
+        label.setVisible(bool(warnings))
 
     def tableViewSlices(self) -> list[int | None]:
         """The slice number of each row of the table view, in the view's order (sorting may change it)."""

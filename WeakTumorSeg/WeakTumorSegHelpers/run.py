@@ -4,7 +4,9 @@
 :class:`~WeakTumorSegHelpers.job.SegmentationJob`; once the process has succeeded, :func:`loadResults`
 (on the scene's thread) turns the core's outputs into nodes: the segmentation (the module's segments
 replaced, the user's kept), the slice review table, their references, attributes and place in the
-subject hierarchy.
+subject hierarchy. The core's warnings about the run (an input unlike the bundle's training data, an
+empty mask that may be a miss) are kept on the segmentation (:func:`resultWarnings`) so that the GUI shows
+them beside whichever result is current.
 """
 
 from __future__ import annotations
@@ -28,6 +30,30 @@ from .slicerbase import _
 #: The bundle's own inference settings that the segmentation records (attribute name, report key).
 _BUNDLE_SETTINGS = (("SliceSmoothing", "slice_smoothing"), ("FlairTrim", "flair_trim"),
                     ("KeepComponents", "keep_components"))
+#: Segmentation attribute holding the core's warnings about the run that made it (a JSON list of strings).
+WARNINGS_ATTRIBUTE = "WeakTumorSeg.Warnings"
+#: What the summary says of an empty mask instead of a confident "no tumour".
+EMPTY_MASK_CAUTION = _("No tumour was found; this is not a confirmation that there is none — review the images.")
+#: What the summary says of the brain extraction (the report's ``preprocessing.skull_stripped``).
+_SKULL_STRIPPED = {False: _("Brain extracted."), True: _("Input was skull-stripped already.")}
+
+
+def reportWarnings(report: dict) -> list[str]:
+    """The report's ``warnings`` (the input unlike the training data, an empty mask that may be a miss);
+    [] where absent, as in reports of older versions of the core."""
+    warnings = report.get("warnings")
+    return [str(w) for w in warnings if str(w).strip()] if isinstance(warnings, list) else []
+
+
+def resultWarnings(segmentationNode: Any) -> list[str]:
+    """The warnings the core gave about the run that made ``segmentationNode`` ([] for none, or for a
+    segmentation made elsewhere or by an older version of the module)."""
+    text = segmentationNode.GetAttribute(WARNINGS_ATTRIBUTE) if segmentationNode is not None else None
+    try:
+        warnings = json.loads(text) if text else []
+    except ValueError:
+        return []
+    return reportWarnings({"warnings": warnings})
 
 
 @dataclass
@@ -39,12 +65,38 @@ class SegmentationResult:
     tableNode: Any
     report: dict = field(default_factory=dict)
 
+    @property
+    def warnings(self) -> list[str]:
+        """The core's warnings about this run (:func:`reportWarnings`)."""
+        return reportWarnings(self.report)
+
+    @property
+    def skullStripped(self) -> bool | None:
+        """True when the input was skull-stripped already, False when the core extracted the brain, None
+        when not known (a bundle without brain extraction, or an older report)."""
+        preprocessing = self.report.get("preprocessing")
+        stripped = preprocessing.get("skull_stripped") if isinstance(preprocessing, dict) else None
+        return stripped if isinstance(stripped, bool) else None
+
+    @property
+    def empty(self) -> bool:
+        """True when the report says the mask has no tumour voxel (False when it does not say)."""
+        return self.report.get("counts", {}).get("tumor_voxels") == 0
+
     def summary(self) -> str:
-        """One line for the status bar: the device and the slices with tumour and flagged."""
+        """One line for the status bar: the device, the slices with tumour and flagged, the brain extraction.
+        An empty mask is not a confident "no tumour": the line says so (:data:`EMPTY_MASK_CAUTION`)."""
         counts = self.report.get("counts", {})
-        return _("Done on {device}: {tumor} of {slices} slices with tumour, {flagged} flagged for review.").format(
-            device=self.report.get("device", "?"), tumor=counts.get("tumor_slices", "?"),
-            slices=counts.get("slices", "?"), flagged=counts.get("flagged_slices", "?"))
+        values = {"device": self.report.get("device", "?"), "tumor": counts.get("tumor_slices", "?"),
+                  "slices": counts.get("slices", "?"), "flagged": counts.get("flagged_slices", "?")}
+        if self.empty:
+            text = _("Done on {device}: {flagged} of {slices} slices flagged for review.").format(**values)
+            text += " " + EMPTY_MASK_CAUTION
+        else:
+            text = _("Done on {device}: {tumor} of {slices} slices with tumour, {flagged} flagged for review.").format(
+                **values)
+        stripped = self.skullStripped
+        return text + (" " + _SKULL_STRIPPED[stripped] if stripped is not None else "")
 
 
 @dataclass(frozen=True)
@@ -136,6 +188,7 @@ def _recordSettings(segNode: Any, request: ResultRequest, report: dict) -> None:
     segNode.SetAttribute("WeakTumorSeg.ScalpMargin", str(report.get("scalp_margin_mm", options.scalpMargin)))
     for attribute, key in _BUNDLE_SETTINGS:
         segNode.SetAttribute(f"WeakTumorSeg.{attribute}", str(report.get(key, "")))
+    segNode.SetAttribute(WARNINGS_ATTRIBUTE, json.dumps(reportWarnings(report)))
 
 
 def _targetSegmentation(scene: Any, volume: Any, requested: Any) -> Any:
