@@ -32,7 +32,11 @@ METHOD_DECISIONS = {
                         "image's non-zero FLAIR; rise.negative_flair_quantile: tissue at or below it joins the "
                         "segmenters' S- (the converter keeps RISE's S-) (not in the paper; null = the paper's seeds)",
     "classifier_augmentation": "classifier.augment: 'flip' mirrors each training image left-right with "
-                               "probability 0.5 (not in the paper; 'none' = the paper)",
+                               "probability 0.5; 'site' adds rotation, zoom, gamma, contrast and bias field "
+                               "(not in the paper; 'none' = the paper)",
+    "preprocessing": "with preprocessing.spacing_mm: canonical orientation (PLS), in-plane resampling to spacing_mm, "
+                     "brain extraction from FLAIR (or the non-background of a skull-stripped input), clipping and "
+                     "scaling inside the brain, zero outside (not in the paper, whose images were skull-stripped)",
     "classifier_members": "classifier.members > 1: C is the mean probability of that many classifiers, each "
                           "trained on its own (initialisation, data order, schedule) (not in the paper; 1 = the paper)",
     "converter_negative_seed_rule": "train U on X_C images whose negative seeds cover < 50% (direction configurable)",

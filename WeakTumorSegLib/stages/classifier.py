@@ -10,15 +10,20 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
-AUGMENTATIONS = ("none", "flip")
+from .augmentation import SiteAugmentation
+
+AUGMENTATIONS = ("none", "flip", "site")
 
 
 def augment_batch(x: torch.Tensor, mode: str = "none", generator: torch.Generator | None = None) -> torch.Tensor:
     """Training-time augmentation of a ``(B, C, H, W)`` batch (not in the paper, which trains on the
     images as they are): ``"flip"`` mirrors each image left-right with probability 0.5 (brains
-    are roughly symmetric, tumours occur on either side); ``"none"`` returns ``x``."""
+    are roughly symmetric, tumours occur on either side); ``"site"`` adds rotation, zoom, gamma,
+    contrast and bias field (:class:`~.augmentation.SiteAugmentation`); ``"none"`` returns ``x``."""
     if mode == "none":
         return x
+    if mode == "site":
+        return SiteAugmentation()(x, generator)
     if mode != "flip":
         raise ValueError(f"unknown augmentation {mode!r}; choose one of {', '.join(AUGMENTATIONS)}")
     flip = torch.rand(len(x), generator=generator) < 0.5

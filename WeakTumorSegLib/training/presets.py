@@ -22,13 +22,19 @@ _PAPER = {
     "channels": ["flair", "t1", "t1ce"],
     "flair_channel": "flair",
     "patch_size": 128,
-    # Yoo et al. halve 240^2 pLGG slices before padding to 128; the 256^2 TCGA-LGG slices want the same
-    "preprocessing": {"clip_percentiles": [1.0, 99.0], "inplane_scale": 0.5, "brain_threshold": 0.0},
-    "data": {"erosion": 0, "max_zero_fraction": 0.5, "val_fraction": 0.2, "split_seed": 0, "val_patients": None},
+    # Yoo et al. halve their 1 mm pLGG slices before padding to 128; 1.8 mm is TCGA-LGG's halved
+    # 256^2 slices at their declared 0.9 mm. spacing_mm turns on the site-independent preprocessing
+    # (preprocessing.standardise); inplane_scale is only read by bundles without it
+    "preprocessing": {"clip_percentiles": [1.0, 99.0], "inplane_scale": 0.5, "brain_threshold": 0.0,
+                      "spacing_mm": 1.8},
+    # geometry: a declaration file of the cohort's true orientation and voxel size (io.cohort)
+    "data": {"erosion": 0, "max_zero_fraction": 0.5, "val_fraction": 0.2, "split_seed": 0, "val_patients": None,
+             "geometry": None},
     "classifier": {"architecture": "vgg16_bn", "kwargs": {"width": 64, "hidden": 4096, "upsample": 2.0},
                    "epochs": 100, "batch": 32, "lr": 5e-6, "weight_decay": 0.1, "betas": [0.9, 0.999],
                    "plateau_factor": 0.1, "plateau_patience": 5, "plateau_threshold": 1e-4,
-                   # 'flip': random left-right mirroring (not in the paper)
+                   # 'flip': random left-right mirroring; 'site': mirroring, rotation, zoom, gamma,
+                   # contrast and bias field (stages.augmentation; neither is in the paper)
                    "augment": "none",
                    # > 1: that many classifiers from different initialisations, probabilities
                    # averaged (networks.classifiers.ClassifierEnsemble; not in the paper)
@@ -90,11 +96,13 @@ PRESETS: dict[str, dict] = {
     "default": _merge(_PAPER, {
         # no x2 upsampling: it quadruples the cost of C and of RISE; four blocks and global max
         # pooling score a slice by its most tumour-like window (five blocks with average pooling
-        # trained unreliably); mirroring and three members make C steadier between trainings
+        # trained unreliably); three members make C steadier between trainings; 'site'
+        # augmentation (mirroring, rotation, zoom, gamma, contrast, bias field) raised the inner
+        # split's AUC (benchmarks/inner_augmentation.py)
         "classifier": {"architecture": "compact_classifier",
                        "kwargs": {"width": 8, "blocks": 4, "upsample": 1.0, "pool": "max"},
                        "epochs": 12, "lr": 1e-3, "weight_decay": 1e-4, "plateau_patience": 2,
-                       "augment": "flip", "members": 3},
+                       "augment": "site", "members": 3},
         "rise": {"n_masks": 200, "cells": 8, "batch": 100, **_FLAIR_GATES},
         "gan": {"width": 12, "epochs": 15, "halve_every": 10},
         "converter": {"epochs": 12, "halve_every": 8},
@@ -105,6 +113,8 @@ PRESETS: dict[str, dict] = {
     # a smoke test of the whole pipeline on small synthetic phantoms in a few minutes on 2 CPU
     # cores; not a recipe for real patients (its bundles find little or nothing on MR)
     "tiny": _merge(_PAPER, {
+        # the phantoms' 1 mm voxels as they are: their small heads and tumours at full resolution
+        "preprocessing": {"spacing_mm": 1.0},
         "classifier": {"architecture": "compact_classifier", "kwargs": {"width": 6, "blocks": 4, "upsample": 1.0},
                        "epochs": 10, "batch": 16, "lr": 2e-3, "weight_decay": 1e-4, "plateau_patience": 3},
         "rise": {"n_masks": 200, "cells": 12, "batch": 100, **_FLAIR_GATES},

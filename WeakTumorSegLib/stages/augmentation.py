@@ -1,0 +1,51 @@
+"""Training-time augmentation for other sites' images (not in Yoo et al., who train on the images
+as they are): what the standardisation (:mod:`WeakTumorSegLib.preprocessing.standardise`) cannot
+remove, drawn anew for every image of every batch.
+
+* geometry: left-right mirroring (p = 0.5), a rotation of up to ``max_degrees`` and a zoom within
+  ``zoom`` (head tilt and head size), bilinear, the outside filled with background (0);
+* intensity, per channel and inside the brain only (the background stays 0): a gamma within
+  ``exp(+-log_gamma)``, a contrast factor within ``1 +- contrast`` and a smooth multiplicative bias
+  field of amplitude up to ``bias`` (a bilinearly upsampled 4 x 4 grid), clipped to [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class SiteAugmentation:
+    max_degrees: float = 15.0
+    zoom: float = 0.1
+    log_gamma: float = 0.3
+    contrast: float = 0.1
+    bias: float = 0.15
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Augment a ``(B, C, H, W)`` batch of images in [0, 1] with a zero background."""
+        b, c, h, w = x.shape
+
+        def uniform(*shape: int, lo: float = -1.0, hi: float = 1.0) -> torch.Tensor:
+            return lo + (hi - lo) * torch.rand(*shape, generator=generator)
+
+        angle = uniform(b) * math.radians(self.max_degrees)
+        scale = 1.0 + uniform(b) * self.zoom
+        flip = torch.where(torch.rand(b, generator=generator) < 0.5, -1.0, 1.0)
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        theta = torch.stack([torch.stack([cos * flip, -sin, torch.zeros(b)], 1),
+                             torch.stack([sin * flip, cos, torch.zeros(b)], 1)], 1).to(x)
+        grid = F.affine_grid(theta, (b, c, h, w), align_corners=False)
+        out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        inside = F.grid_sample((x > 0).any(1, keepdim=True).float(), grid, mode="nearest", padding_mode="zeros",
+                               align_corners=False)
+        gamma = torch.exp(uniform(b, c) * self.log_gamma).to(x)[:, :, None, None]
+        contrast = (1.0 + uniform(b, c) * self.contrast).to(x)[:, :, None, None]
+        field = 1.0 + self.bias * F.interpolate(uniform(b, c, 4, 4), size=(h, w), mode="bilinear",
+                                                align_corners=False).to(x)
+        out = (out.clamp(0.0, 1.0) ** gamma * contrast * field).clamp(0.0, 1.0)
+        return out * inside
