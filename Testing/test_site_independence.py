@@ -199,3 +199,32 @@ def test_an_empty_result_with_a_bright_region_is_not_presented_as_no_tumour():
     assert possible_miss(flair, brain, 2.0, gated=3) is None
     flair[2] = 0.4
     assert possible_miss(flair, brain, 2.0, gated=0) is None
+
+
+# -- augmentation -------------------------------------------------------------------------------------------
+
+
+def test_site_augmentation_keeps_the_background_and_the_range():
+    import torch
+
+    from WeakTumorSegLib.stages.classifier import augment_batch
+
+    torch.manual_seed(0)
+    x = torch.zeros(8, 2, 64, 64)
+    x[:, :, 16:48, 16:48] = 0.2 + 0.6 * torch.rand(8, 2, 32, 32)
+    y = augment_batch(x, "site")
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
+    assert (y[:, :, :6, :6] == 0).all()  # far corners stay background under 15 degrees and 10 % zoom
+    assert not torch.allclose(y, x)
+    tissue = (x > 0).float().mean()
+    assert abs((y > 0).float().mean() - tissue) < 0.25 * tissue  # the brain keeps about its size
+
+
+def test_segment_refuses_a_bad_orientation_code(tmp_path):
+    from conftest import run_cli
+
+    flair = tmp_path / "f.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((2, 8, 8), np.float32)), str(flair))
+    r = run_cli("segment", "-c", f"flair={flair}", "--orientation", "PLX", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "three letters" in r.stderr
+    assert not (tmp_path / "o").exists()

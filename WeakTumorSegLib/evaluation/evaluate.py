@@ -20,8 +20,9 @@ from ..bundle.info import BUNDLE_FILE, sha256_file
 from ..bundle.load import Bundle
 from ..inference.pipeline import EXTRA_HEALTHY, segment_arrays
 from ..bundle.settings import InferenceSettings
-from ..io.cohort import Case, read_mask, slice_labels
+from ..io.cohort import Case, canonical_slice_labels, read_mask, slice_labels
 from ..io.images import read_channels
+from ..preprocessing.orientation import CANONICAL, Reorientation
 from ..stages.seeds import RiseConfig
 from .summary import FILTER_THRESHOLDS, MODELS, CaseEvaluation, available_models, clean_json, summarise
 
@@ -60,24 +61,30 @@ def evaluate_case(bundle: Bundle, case: Case, device: torch.device | str, option
     volume = read_channels(paths)
     first = bundle.channels[0]
     truth = read_mask(Path(case.mask), volume.geometry, f"channel '{first}' ({paths[first]})")
-    label_csv = slice_labels(case, truth.shape[0]) if case.labels is not None else None
     have = available_models(bundle.models, options.residual_threshold)
     extra = [MODELS[k][2] for k in ("s0", "s_os", "s_us", "seed_only") if have[k]]
     if have["residual"]:
         extra.append(EXTRA_HEALTHY)
+    geometry = case.geometry(volume.geometry)
     result = segment_arrays(bundle, volume.channels, device, options.settings, seeds=options.rise,
-                            geometry=case.geometry(volume.geometry), extra=extra, progress=progress)
-    masks: dict[str, np.ndarray] = {"fused": result.mask}
+                            geometry=geometry, extra=extra, progress=progress)
+    # per-slice figures count the axial slices of the canonical layout, like the result's per-slice outputs
+    axial = Reorientation(result.preprocessing.get("orientation") or CANONICAL).to_canonical
+    truth = axial(truth)
+    label_csv = None if case.labels is None else canonical_slice_labels(
+        slice_labels(case, volume.channels[first].shape[0]), result.preprocessing.get("orientation") or CANONICAL,
+        case.labels)
+    masks: dict[str, np.ndarray] = {"fused": axial(result.mask)}
     for key in ("s0", "s_os", "s_us", "seed_only"):
         if have[key]:
-            masks[key] = result.extra_masks[MODELS[key][2]]
+            masks[key] = axial(result.extra_masks[MODELS[key][2]])
     if have["residual"]:
-        masks["residual"] = residual_baseline(result.flair, result.healthy, options.residual_threshold,
-                                              options.residual_median)
+        masks["residual"] = axial(residual_baseline(result.flair, result.healthy, options.residual_threshold,
+                                                    options.residual_median))
     counts = _counts(masks, truth)
     seeds = None
     if options.rise is not None:
-        pos, neg = result.positive_seeds.astype(bool), result.negative_seeds.astype(bool)
+        pos, neg = axial(result.positive_seeds).astype(bool), axial(result.negative_seeds).astype(bool)
         seeds = {"positive_voxels": int(pos.sum()), "positive_in_truth": int((pos & truth).sum()),
                  "negative_voxels": int(neg.sum()), "negative_outside_truth": int((neg & ~truth).sum())}
     return CaseEvaluation(case.id, truth.sum(axis=(1, 2)).astype(np.int64), label_csv, result.p_tumor,

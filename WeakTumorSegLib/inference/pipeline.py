@@ -86,10 +86,6 @@ class Prepared:
         """Patch maps stitched on the working grid and mapped back to the input grid."""
         return self.std.to_input(self.tiling.stitch(patch_maps, weights=weights, fill=fill))
 
-    def brain_input(self) -> np.ndarray | None:
-        """The brain on the input grid (None without brain extraction)."""
-        return None if self.std.brain is None else self.std.to_input(self.std.brain.astype(np.float32)) > 0.5
-
 
 def batched(fn: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray, batch: int, device: torch.device,
             report: Callable[[int], None] | None = None) -> np.ndarray:
@@ -209,21 +205,25 @@ def seed_masks(classifier: torch.nn.Module, vol: Prepared, gated: np.ndarray, ga
 
 
 def finish(vol: Prepared, p: np.ndarray, patch_maps: Mapping[str, np.ndarray], healthy: np.ndarray,
-           gate_w: np.ndarray, settings: InferenceSettings,
-           spacing: Sequence[float]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray, np.ndarray]:
+           gate_w: np.ndarray,
+           settings: InferenceSettings) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """Step 6: ``(probabilities, masks, difference scores, p_tumor per slice)``; the first two keyed
-    like ``patch_maps`` (``fused`` and the extra segmenters), on the input grid."""
-    flair_in = vol.flair_input()
-    probabilities = {name: vol.back(maps) for name, maps in patch_maps.items()}
-    brain = vol.brain_input()
-    if brain is not None:  # stitching and resampling must not carry a map outside the brain
+    like ``patch_maps`` (``fused`` and the extra segmenters), on the input grid. Post-processing and
+    the per-slice figures work on the axial slices of the canonical layout (the input's own slices
+    when it is stored axially), at the input's voxel size."""
+    std = vol.std
+    probabilities = {name: std.to_canonical_input(vol.tiling.stitch(maps)) for name, maps in patch_maps.items()}
+    if std.brain is not None:  # stitching and resampling must not carry a map outside the brain
+        brain = std.to_canonical_input(std.brain.astype(np.float32)) > 0.5
         probabilities = {name: pr * brain for name, pr in probabilities.items()}
-    probabilities, masks = postprocess(probabilities, flair_in, spacing, settings)
+    probabilities, masks = postprocess(probabilities, std.stack[:, vol.flair], std.spacing[1:], settings)
     x_work = vol.work[:, vol.flair]
-    diff = vol.std.to_input(np.abs(x_work - vol.tiling.stitch(healthy, weights=gate_w, fill=x_work)))
+    diff = std.to_canonical_input(np.abs(x_work - vol.tiling.stitch(healthy, weights=gate_w, fill=x_work)))
     scores = mean_in_mask(diff, masks["fused"])
     p_slice = p.reshape(vol.tiling.slices, vol.tiling.per_slice).max(axis=1)
-    return probabilities, masks, scores, p_slice
+    back = std.reorientation.to_input
+    return ({k: back(v) for k, v in probabilities.items()}, {k: back(v) for k, v in masks.items()}, scores,
+            p_slice)
 
 
 def residual_inputs(vol: Prepared, healthy_all: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -321,21 +321,20 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
 
     t = time.perf_counter()
     say("postprocess", 0, 1)
-    spacing = geometry.inplane_spacing if geometry is not None else (1.0, 1.0)
-    probabilities, masks, scores, p_slice = finish(vol, p, {"fused": fused, **single}, healthy, gate_w, settings,
-                                                   spacing)
+    probabilities, masks, scores, p_slice = finish(vol, p, {"fused": fused, **single}, healthy, gate_w, settings)
     mask = masks.pop("fused")
-    flagged, reasons = flag_slices(mask.sum(axis=(1, 2)), scores, p_slice, settings.filter_threshold,
+    pixels = vol.std.reorientation.to_canonical(mask).sum(axis=(1, 2)).astype(np.int64)
+    flagged, reasons = flag_slices(pixels, scores, p_slice, settings.filter_threshold,
                                    settings.undecided_margin, settings.gate_threshold)
     flair01, healthy01 = residual_inputs(vol, healthy_all) if want_healthy else (None, None)
     timings["postprocess"] = time.perf_counter() - t
     say("postprocess", 1, 1)
     counts = {"slices": vol.tiling.slices, "patches": len(vol.patches), "tissue_patches": int(len(vol.tissue)),
-              "gated_patches": int(len(gated)), "tumor_slices": int((mask.sum(axis=(1, 2)) > 0).sum()),
+              "gated_patches": int(len(gated)), "tumor_slices": int((pixels > 0).sum()),
               "tumor_voxels": int(mask.sum()), "flagged_slices": int(flagged.sum())}
     return SegmentationResult(mask, probabilities.pop("fused"), p_slice, scores, flagged, reasons, settings, pos, neg,
                               timings, counts, masks, probabilities, healthy01, flair01,
-                              *_input_checks(bundle, vol, len(gated)))
+                              *_input_checks(bundle, vol, len(gated)), pixels)
 
 
 def _input_checks(bundle: Bundle, vol: Prepared, gated: int) -> tuple[dict, list[str]]:

@@ -12,7 +12,9 @@ from ..bundle.settings import InferenceSettings
 @dataclass
 class SegmentationResult:
     """Everything one volume's inference produces; arrays are ``(slice, row, column)`` on the
-    input grid."""
+    input grid; per-slice values (``p_tumor``, the difference score, the flags, the slice table) are
+    over the axial slices of the canonical layout, which are the input's own slices, inferior first,
+    for a volume stored axially."""
 
     #: the tumour mask (uint8)
     mask: np.ndarray
@@ -43,6 +45,8 @@ class SegmentationResult:
     preprocessing: dict = field(default_factory=dict)
     #: the input is unlike the training data, or the empty mask may be a miss (:mod:`.checks`)
     warnings: list[str] = field(default_factory=list)
+    #: tumour pixels per axial slice of the canonical layout (None: ``mask``'s own slices)
+    slice_pixels: np.ndarray | None = None
 
     @property
     def threshold(self) -> float:
@@ -51,6 +55,9 @@ class SegmentationResult:
 
     @property
     def tumor_pixels(self) -> np.ndarray:
+        """Tumour pixels per axial slice (the slices of ``p_tumor`` and the slice table)."""
+        if self.slice_pixels is not None:
+            return self.slice_pixels
         return self.mask.sum(axis=(1, 2)).astype(np.int64)
 
     def slice_rows(self) -> list[dict]:

@@ -281,6 +281,18 @@ def slice_labels(case: Case, n_slices: int, erosion: int = 0) -> np.ndarray:
     return labels_from_mask(mask, erosion)
 
 
+def canonical_slice_labels(labels: np.ndarray, code: str, path: Path | None = None) -> np.ndarray:
+    """Slice labels in stored order -> the axial slices of the canonical layout (inferior first).
+    The stored slices must be axial (an orientation ``code`` ending in S or I); otherwise the CSV's
+    labels cannot describe the canonical slices and an :class:`InputError` naming ``path`` is raised."""
+    if code[2] == "S":
+        return labels
+    if code[2] == "I":
+        return labels[::-1].copy()
+    raise InputError(f"slice labels from a CSV need axial slices along the volume's third axis, but its "
+                     f"orientation is {code}; give a mask instead", path)
+
+
 def labels_from_mask(mask: np.ndarray, erosion: int = 0) -> np.ndarray:
     """Slice labels of a ``(slice, row, column)`` mask: 1 where the binarised mask, eroded
     in-plane ``erosion`` times with the 4-connected cross, keeps any pixel."""

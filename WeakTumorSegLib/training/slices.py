@@ -17,7 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..io.cohort import Case, case_folder, check_channel_names, labels_from_mask, read_mask, slice_labels
+from ..io.cohort import (
+    Case,
+    canonical_slice_labels,
+    case_folder,
+    check_channel_names,
+    labels_from_mask,
+    read_mask,
+    slice_labels,
+)
 from ..io.images import read_channels
 from ..preprocessing.intensity import PreprocessConfig, zero_fraction
 from ..preprocessing.orientation import code_from_direction
@@ -106,16 +114,6 @@ def stat_ranges(stats: Sequence[Mapping[str, float]]) -> dict[str, list[float]]:
     return {k: [min(st[k] for st in stats if k in st), max(st[k] for st in stats if k in st)] for k in keys}
 
 
-def _canonical_labels(labels: np.ndarray, code: str, case: Case) -> np.ndarray:
-    """Slice labels in stored order -> canonical slice order (the slices must be the stored k axis)."""
-    if code[2] == "S":
-        return labels
-    if code[2] == "I":
-        return labels[::-1].copy()
-    raise InputError(f"slice labels from a CSV need axial slices along the volume's third axis, but its "
-                     f"orientation is {code}; give a mask instead", case.labels)
-
-
 def load_slices(cases: Sequence[Case], channels: Sequence[str], pp: PreprocessConfig, patch: int = 128,
                 erosion: int = 0, max_zero_fraction: float = 0.5, seed: int = 0,
                 progress: ProgressFn | None = None, flair: str | None = None) -> SliceSet:
@@ -161,8 +159,8 @@ def load_slices(cases: Sequence[Case], channels: Sequence[str], pp: PreprocessCo
         if std is not None:  # an all-background volume contributes no slices
             work = std.work
             if case.labels is not None:
-                labels = _canonical_labels(slice_labels(case, volume.channels[names[0]].shape[0], erosion),
-                                           std.reorientation.code, case)
+                labels = canonical_slice_labels(slice_labels(case, volume.channels[names[0]].shape[0], erosion),
+                                               std.reorientation.code, case.labels)
             else:
                 labels = labels_from_mask(std.reorientation.to_canonical(mask), erosion)
             stats[case.id] = std.stats
