@@ -197,13 +197,14 @@ def scalp_margin(folder) -> float:
 
 
 def test_bundle_info_reads_the_scalp_margin(tmp_path):
-    """``inference.scalp_margin_mm`` of the bundle: 12 mm for the shipped real-MR bundles, 0 (off) where the
-    bundle has none; a value the core would refuse makes the folder unusable with a readable message."""
-    assert scalp_margin(W.defaultBundlePath()) == 12.0
-    assert scalp_margin(REPO_ROOT / "Resources" / "Models" / "tcga-lgg-flair") == 12.0
+    """``inference.scalp_margin_mm`` of the bundle: 0 (off, null in bundle.json) for the shipped real-MR bundles,
+    which extract the brain instead, and where the bundle has none; a value the core would refuse makes the
+    folder unusable with a readable message."""
+    assert scalp_margin(W.defaultBundlePath()) == 0.0
+    assert scalp_margin(REPO_ROOT / "Resources" / "Models" / "tcga-lgg-flair") == 0.0
     assert "scalp_margin_mm" not in json.loads((STANDIN_BUNDLE / "bundle.json").read_text())["inference"]
     assert scalp_margin(STANDIN_BUNDLE) == 0.0
-    assert core.defaultBundleSettings().scalp_margin_mm == 12.0  # the GUI's initial value is the default bundle's
+    assert core.defaultBundleSettings().scalp_margin_mm == 0.0  # the GUI's initial value is the default bundle's
 
     def bundle_with(value):
         folder = tmp_path / f"bundle-{value}"
