@@ -29,16 +29,16 @@ from ..io.segmentation import (
 )
 from ..io.tables import write_csv
 from .arguments import (
-    orientation_arg,
-    spacing_arg,
     DEVICE_HELP,
     UsageError,
     add_postprocess_options,
     add_run_options,
     channel_arg,
     fraction_arg,
+    orientation_arg,
     positive_int,
     postprocess_overrides,
+    spacing_arg,
 )
 from .common import check_outputs, printers, warn_training
 
@@ -139,7 +139,8 @@ def _report(done: _Done) -> dict:
     import torch
 
     geom, result = done.volume.geometry, done.result
-    voxel_ml = float(geom.spacing[0] * geom.spacing[1] * geom.spacing[2]) / 1000.0
+    true = geom.declared(done.declared.get("orientation"), done.declared.get("spacing_mm"))  # the voxel size used
+    voxel_ml = float(true.spacing[0] * true.spacing[1] * true.spacing[2]) / 1000.0
     return {
         "version": __version__,
         "bundle": {"name": done.bundle.name, "path": str(done.bundle.path.resolve()),
