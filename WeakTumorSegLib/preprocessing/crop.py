@@ -3,12 +3,13 @@
 The paper crops each volume to the brain's bounding box and, for the 240 x 240 pLGG slices,
 halves the in-plane resolution. Here :func:`brain_bbox` finds the in-plane box (shared by all
 slices) holding every voxel above ``brain_threshold`` in any channel, and :func:`to_working`
-crops to it and resamples in-plane by ``inplane_scale`` (the scale recorded in the bundle, so
-inference sees the brain at the scale training saw).
+crops to it and resamples it in-plane: from the input's voxel size to the bundle's
+``spacing_mm`` (:mod:`.standardise`), or by ``inplane_scale`` for older bundles, so inference sees
+the brain at the scale training saw.
 
 :func:`to_input` is the inverse mapping: it resamples working-grid maps back to the box and
 places them into the input grid, so every input voxel receives a value and the output grid is
-the input grid exactly (at ``inplane_scale == 1`` the round trip is the identity).
+the input grid exactly (at scale 1 the round trip is the identity).
 """
 
 from __future__ import annotations
