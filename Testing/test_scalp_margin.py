@@ -13,7 +13,7 @@ import SimpleITK as sitk
 import torch
 
 from WeakTumorSegLib.io.images import Geometry
-from WeakTumorSegLib.preprocessing.orientation import direction_from_code
+from WeakTumorSegLib.io.orientation import direction_from_code
 from WeakTumorSegLib.bundle.info import MODELS_DIR
 from WeakTumorSegLib.bundle.load import Bundle
 from WeakTumorSegLib.networks.classifiers import Classifier

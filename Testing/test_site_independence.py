@@ -13,15 +13,10 @@ from WeakTumorSegLib.errors import InputError
 from WeakTumorSegLib.inference.checks import out_of_distribution, possible_miss
 from WeakTumorSegLib.io.cohort import discover, read_declarations
 from WeakTumorSegLib.io.images import Geometry
+from WeakTumorSegLib.io.orientation import CANONICAL, check_code, code_from_direction, direction_from_code
 from WeakTumorSegLib.preprocessing.brain import brain_mask, scale01, skull_stripped
 from WeakTumorSegLib.preprocessing.intensity import PreprocessConfig
-from WeakTumorSegLib.preprocessing.orientation import (
-    CANONICAL,
-    Reorientation,
-    check_code,
-    code_from_direction,
-    direction_from_code,
-)
+from WeakTumorSegLib.preprocessing.orientation import Reorientation
 from WeakTumorSegLib.preprocessing.standardise import standardise
 
 PP = PreprocessConfig(spacing_mm=2.0)

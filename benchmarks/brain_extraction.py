@@ -32,7 +32,8 @@ from WeakTumorSegLib.io.cohort import discover
 from WeakTumorSegLib.io.images import read_channels
 from WeakTumorSegLib.preprocessing.brain import brain_mask
 from WeakTumorSegLib.preprocessing.crop import plan_crop, to_working
-from WeakTumorSegLib.preprocessing.orientation import Reorientation, code_from_direction
+from WeakTumorSegLib.io.orientation import code_from_direction
+from WeakTumorSegLib.preprocessing.orientation import Reorientation
 
 BRATS = REPO_ROOT.parent / "shared/data/brats_samples/BraTS-GLI-00001-000/BraTS-GLI-00001-000-t2f.nii.gz"
 WORK_MM = 1.8

@@ -39,7 +39,8 @@ from _common import REPO_ROOT
 from WeakTumorSegLib.bundle.load import Bundle
 from WeakTumorSegLib.io.cohort import discover
 from WeakTumorSegLib.io.images import read_channels
-from WeakTumorSegLib.preprocessing.orientation import Reorientation, code_from_direction, direction_from_code
+from WeakTumorSegLib.io.orientation import code_from_direction, direction_from_code
+from WeakTumorSegLib.preprocessing.orientation import Reorientation
 from WeakTumorSegLib.preprocessing.standardise import standardise
 
 COPIES = ("stripped", "spacing_1.0", "spacing_0.5", "uint16_x16", "zscore", "reoriented")

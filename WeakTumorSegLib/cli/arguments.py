@@ -18,7 +18,7 @@ GEOMETRY_HELP = ("JSON file declaring the cohort's true orientation and in-plane
 
 def orientation_arg(text: str) -> str:
     """argparse type of an orientation code (``PLS``)."""
-    from ..preprocessing.orientation import check_code
+    from ..io.orientation import check_code
 
     try:
         return check_code(text)

@@ -16,7 +16,7 @@ from ..bundle.info import BUNDLE_FILE, BundleInfo, default_bundle_dir, sha256_fi
 from ..errors import InputError, WeakTumorSegError
 from ..inference.result import SegmentationResult
 from ..io.atomic import OutputSet
-from ..io.images import Volume, image_stem, read_channels, write_mask
+from ..io.images import Geometry, Volume, image_stem, read_channels, write_mask
 from ..io.names import NEGATIVE_SEEDS_SEGMENT, POSITIVE_SEEDS_SEGMENT, SLICE_COLUMNS, TUMOR_SEGMENT, segment_outputs
 from ..io.segmentation import (
     NEGATIVE_SEED_COLOR,
@@ -132,15 +132,15 @@ class _Done:
     notes: list[str]
     outputs: dict[str, str]
     timings: dict[str, float]
-    declared: dict
+    declared: dict  #: the values --orientation and --spacing declared
+    geometry: Geometry  #: the voxel grid the volume was segmented on: the header's with the declared values
 
 
 def _report(done: _Done) -> dict:
     import torch
 
     geom, result = done.volume.geometry, done.result
-    true = geom.declared(done.declared.get("orientation"), done.declared.get("spacing_mm"))  # the voxel size used
-    voxel_ml = float(true.spacing[0] * true.spacing[1] * true.spacing[2]) / 1000.0
+    voxel_ml = float(done.geometry.spacing[0] * done.geometry.spacing[1] * done.geometry.spacing[2]) / 1000.0
     return {
         "version": __version__,
         "bundle": {"name": done.bundle.name, "path": str(done.bundle.path.resolve()),
@@ -233,13 +233,14 @@ def run(args: argparse.Namespace) -> int:
 
     bundle.to(device)
     declared = {k: v for k, v in (("orientation", args.orientation), ("spacing_mm", args.spacing)) if v is not None}
+    geometry = volume.geometry.declared(args.orientation, args.spacing)
     result = segment_arrays(bundle, volume.channels, device, settings,
                             seeds=bundle.rise(args.seed_masks) if args.seeds else None,
-                            geometry=volume.geometry.declared(args.orientation, args.spacing), progress=progress)
+                            geometry=geometry, progress=progress)
     for msg in result.warnings:
         warn(msg)
     done = _Done(args, bundle, paths, device, volume, result, notes, outputs,
-                 {"load_bundle": t_load, "read": t_read, **result.timings}, declared)
+                 {"load_bundle": t_load, "read": t_read, **result.timings}, declared, geometry)
     written, report = _write(done, t_start, progress)
     progress.close()
     progress.event(stage="done", outputs={k: str(args.out / v) for k, v in outputs.items()},

@@ -22,7 +22,8 @@ from ..inference.pipeline import EXTRA_HEALTHY, segment_arrays
 from ..bundle.settings import InferenceSettings
 from ..io.cohort import Case, canonical_slice_labels, read_mask, slice_labels
 from ..io.images import read_channels
-from ..preprocessing.orientation import CANONICAL, Reorientation
+from ..io.orientation import CANONICAL
+from ..preprocessing.orientation import Reorientation
 from ..stages.seeds import RiseConfig
 from .summary import FILTER_THRESHOLDS, MODELS, CaseEvaluation, available_models, clean_json, summarise
 

@@ -40,9 +40,10 @@ import numpy as np
 import torch
 
 from ..bundle.load import Bundle
+from ..bundle.settings import InferenceSettings
 from ..errors import BundleError
 from ..io.images import Geometry
-from ..preprocessing.orientation import code_from_direction
+from ..io.orientation import code_from_direction
 from ..preprocessing.standardise import Standardised, standardise
 from ..preprocessing.tiling import Tiling
 from ..stages.difference_filter import flag_slices, mean_in_mask
@@ -51,7 +52,6 @@ from ..stages.seeds import RiseConfig, classifier_rise, extend_negative_seeds, g
 from .checks import out_of_distribution, possible_miss
 from .postprocess import postprocess
 from .result import SegmentationResult
-from ..bundle.settings import InferenceSettings
 
 #: ``progress(stage, done, total)``
 ProgressFn = Callable[[str, int, int], None]
@@ -206,11 +206,12 @@ def seed_masks(classifier: torch.nn.Module, vol: Prepared, gated: np.ndarray, ga
 
 def finish(vol: Prepared, p: np.ndarray, patch_maps: Mapping[str, np.ndarray], healthy: np.ndarray,
            gate_w: np.ndarray,
-           settings: InferenceSettings) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """Step 6: ``(probabilities, masks, difference scores, p_tumor per slice)``; the first two keyed
-    like ``patch_maps`` (``fused`` and the extra segmenters), on the input grid. Post-processing and
-    the per-slice figures work on the axial slices of the canonical layout (the input's own slices
-    when it is stored axially), at the input's voxel size."""
+           settings: InferenceSettings) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray, np.ndarray,
+                                                 np.ndarray]:
+    """Step 6: ``(probabilities, masks, difference scores, p_tumor per slice, tumour pixels per
+    slice)``; the first two keyed like ``patch_maps`` (``fused`` and the extra segmenters), on the
+    input grid. Post-processing and the per-slice figures work on the axial slices of the canonical
+    layout (the input's own slices when it is stored axially), at the input's voxel size."""
     std = vol.std
     probabilities = {name: std.to_canonical_input(vol.tiling.stitch(maps)) for name, maps in patch_maps.items()}
     if std.brain is not None:  # stitching and resampling must not carry a map outside the brain
@@ -221,9 +222,10 @@ def finish(vol: Prepared, p: np.ndarray, patch_maps: Mapping[str, np.ndarray], h
     diff = std.to_canonical_input(np.abs(x_work - vol.tiling.stitch(healthy, weights=gate_w, fill=x_work)))
     scores = mean_in_mask(diff, masks["fused"])
     p_slice = p.reshape(vol.tiling.slices, vol.tiling.per_slice).max(axis=1)
+    pixels = masks["fused"].sum(axis=(1, 2)).astype(np.int64)
     back = std.reorientation.to_input
     return ({k: back(v) for k, v in probabilities.items()}, {k: back(v) for k, v in masks.items()}, scores,
-            p_slice)
+            p_slice, pixels)
 
 
 def residual_inputs(vol: Prepared, healthy_all: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -321,9 +323,9 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
 
     t = time.perf_counter()
     say("postprocess", 0, 1)
-    probabilities, masks, scores, p_slice = finish(vol, p, {"fused": fused, **single}, healthy, gate_w, settings)
+    probabilities, masks, scores, p_slice, pixels = finish(vol, p, {"fused": fused, **single}, healthy, gate_w,
+                                                           settings)
     mask = masks.pop("fused")
-    pixels = vol.std.reorientation.to_canonical(mask).sum(axis=(1, 2)).astype(np.int64)
     flagged, reasons = flag_slices(pixels, scores, p_slice, settings.filter_threshold,
                                    settings.undecided_margin, settings.gate_threshold)
     flair01, healthy01 = residual_inputs(vol, healthy_all) if want_healthy else (None, None)

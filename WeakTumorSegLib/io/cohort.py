@@ -20,7 +20,7 @@ given with ``--geometry``::
      "patients": {"<id>": {"spacing_mm": [0.94, 0.94]}}}
 
 ``orientation`` is the code of where the stored column, row and slice indices point
-(:mod:`~WeakTumorSegLib.preprocessing.orientation`), ``spacing_mm`` the in-plane (column, row)
+(:mod:`~WeakTumorSegLib.io.orientation`), ``spacing_mm`` the in-plane (column, row)
 voxel size; ``patients`` overrides either per patient. Undeclared values come from the headers.
 
 Arrays are SimpleITK-ordered ``(slice, row, column)``; axis 0 is the axial slice axis.
@@ -29,6 +29,7 @@ Arrays are SimpleITK-ordered ``(slice, row, column)``; axis 0 is the axial slice
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from scipy import ndimage
 
 from ..errors import InputError
 from .images import Geometry, read_image
+from .orientation import check_code
 
 #: Image suffixes recognised in patient folders (matched case-insensitively).
 FOLDER_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
@@ -106,8 +108,6 @@ GEOMETRY_FILE = "geometry.json"
 
 
 def _check_declaration(d: object, path: Path, where: str) -> dict:
-    from ..preprocessing.orientation import check_code
-
     if not isinstance(d, dict):
         raise InputError(f"{where} must be a JSON object", path)
     unknown = sorted(set(d) - {"orientation", "spacing_mm", "patients"})
@@ -130,8 +130,6 @@ def _check_declaration(d: object, path: Path, where: str) -> dict:
 
 def read_declarations(path: str | Path) -> dict:
     """A cohort's geometry declarations (see the module docstring), checked."""
-    import json
-
     path = Path(path)
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))

@@ -22,6 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
+from .orientation import direction_from_code
 
 #: Geometry tolerance when comparing channels (spacing and origin in mm, direction cosines).
 GEOMETRY_TOLERANCE = 1e-4
@@ -50,10 +51,8 @@ class Geometry:
 
     def declared(self, orientation: str | None = None, spacing: tuple[float, float] | None = None) -> "Geometry":
         """This grid with a declared true orientation code (see
-        :mod:`~WeakTumorSegLib.preprocessing.orientation`) and/or in-plane voxel size in mm
+        :mod:`~WeakTumorSegLib.io.orientation`) and/or in-plane voxel size in mm
         (``(x, y)``, i.e. column and row) replacing the header's, for files whose header is wrong."""
-        from ..preprocessing.orientation import direction_from_code
-
         direction = self.direction if orientation is None else direction_from_code(orientation)
         sp = self.spacing if spacing is None else (float(spacing[0]), float(spacing[1]), self.spacing[2])
         return Geometry(self.size, sp, self.origin, direction)

@@ -30,10 +30,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..io.orientation import CANONICAL
 from .brain import brain_mask, fill_slices, scale01, skull_stripped
 from .crop import Crop, brain_bbox, plan_crop, to_input, to_working
 from .intensity import PreprocessConfig, normalize_channels
-from .orientation import CANONICAL, Reorientation
+from .orientation import Reorientation
 
 
 @dataclass

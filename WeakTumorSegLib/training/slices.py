@@ -28,7 +28,7 @@ from ..io.cohort import (
 )
 from ..io.images import read_channels
 from ..preprocessing.intensity import PreprocessConfig, zero_fraction
-from ..preprocessing.orientation import code_from_direction
+from ..io.orientation import code_from_direction
 from ..preprocessing.standardise import standardise
 
 
