@@ -1,5 +1,5 @@
 """The inference options that are not in the paper (scalp margin, slice smoothing, FLAIR trim, component
-filter): a bad value stops the command with one line, and ``evaluate`` segments with the value it was
+filter, final weight): a bad value stops the command with one line, and ``evaluate`` segments with the value it was
 given and records it with where it came from. What each option does is tested in its own file."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from test_scalp_margin import SAMPLE
     ("--slice-smoothing", "-0.1"), ("--slice-smoothing", "0.5"), ("--slice-smoothing", "abc"),
     ("--flair-trim", "-0.1"), ("--flair-trim", "1.5"), ("--flair-trim", "abc"),
     ("--keep-components", "-0.1"), ("--keep-components", "1.5"), ("--keep-components", "abc"),
+    ("--final-weight", "-0.1"), ("--final-weight", "1.5"),
 ])
 def test_bad_value_is_refused(tmp_path, option, value):
     case = SAMPLE.name

@@ -24,6 +24,9 @@ from .info import BUNDLE_FILE, BundleInfo, read_bundle_config, sha256_file
 
 #: Networks an inference bundle must contain.
 INFERENCE_MODELS = ("classifier", "converter", "segmenter_us", "segmenter_os")
+#: Networks inference uses when a bundle has them: the final segmenter, trained on the fused
+#: pipeline's filtered masks, makes the main mask.
+OPTIONAL_INFERENCE_MODELS = ("final",)
 
 
 class Bundle(BundleInfo):
@@ -60,7 +63,8 @@ class Bundle(BundleInfo):
         missing = [m for m in required if m not in specs]
         if missing:
             raise BundleError(f"models missing from the bundle: {', '.join(missing)}", root / BUNDLE_FILE)
-        models = {name: load_model(root, name, spec) for name, spec in specs.items() if name in required}
+        wanted = [*required, *(m for m in OPTIONAL_INFERENCE_MODELS if m in specs)]
+        models = {name: load_model(root, name, spec) for name, spec in specs.items() if name in wanted}
         return cls(root, config, models)
 
     def load_optional(self, names: Sequence[str]) -> None:

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import BundleError
 from .info import BUNDLE_FILE, FORMAT_VERSION, WEIGHT_DTYPE_NAMES, sha256_file
-from .load import INFERENCE_MODELS, Bundle, load_model
+from .load import INFERENCE_MODELS, OPTIONAL_INFERENCE_MODELS, Bundle, load_model
 
 #: Choices taken where Yoo et al. are ambiguous or silent, recorded in every bundle.
 METHOD_DECISIONS = {
@@ -44,6 +44,10 @@ METHOD_DECISIONS = {
     "refinement": "union of accepted components, undilated",
     "fusion": "p <= 0.5 empty; w = 2(p - 0.5); m1 = w m_OS + (1 - w) m_US; m2 = m1 > 0.5",
     "difference_score": "mean |FLAIR - U(FLAIR)| over m2 on [0,1] intensities; 1 if m2 empty",
+    "final_segmenter": "with final.trainer: one more network trained on the training patients' tiles labelled by the "
+                       "fused pipeline (tumour-free slices empty, unflagged fused masks as masks, other tumour slices "
+                       "weak); it makes the main mask on the patches C gates in; the fused mask keeps the difference "
+                       "score and flags (not in the paper)",
 }
 
 #: Storage types ``pack_bundle`` accepts for floating-point weights.
@@ -111,7 +115,8 @@ def pack_bundle(src: str | Path, dst: str | Path, models: Sequence[str] | None =
     root = Path(src)
     bundle = Bundle.load(root)  # checks the JSON, loads and verifies the inference models
     config, specs = bundle.config, bundle.config["models"]
-    keep = list(specs) if models is None else list(dict.fromkeys([*INFERENCE_MODELS, *models]))
+    used = [*INFERENCE_MODELS, *(m for m in OPTIONAL_INFERENCE_MODELS if m in specs)]
+    keep = list(specs) if models is None else list(dict.fromkeys([*used, *models]))
     unknown = [m for m in keep if m not in specs]
     if unknown:
         raise BundleError(f"models not in the bundle: {', '.join(unknown)} (it has {', '.join(specs)})",

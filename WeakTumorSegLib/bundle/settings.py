@@ -31,10 +31,10 @@ OFF = 0.0
 #: Settings a user may override, with the command-line option that does it.
 OPTIONS = {"filter_threshold": "--threshold", "scalp_margin_mm": "--scalp-margin",
            "slice_smoothing": "--slice-smoothing", "flair_trim": "--flair-trim",
-           "keep_components": "--keep-components"}
+           "keep_components": "--keep-components", "final_weight": "--final-weight"}
 #: Closed ranges ``(low, high, how high is written)`` of the settings that have one.
 _RANGES = {"filter_threshold": (0.0, 1.0, "1"), "slice_smoothing": (0.0, MAX_SLICE_SMOOTHING, "1/3"),
-           "flair_trim": (0.0, 1.0, "1"), "keep_components": (0.0, 1.0, "1")}
+           "flair_trim": (0.0, 1.0, "1"), "keep_components": (0.0, 1.0, "1"), "final_weight": (0.0, 1.0, "1")}
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,9 @@ class InferenceSettings:
     """Clear mask voxels whose FLAIR is below this fraction of the mask's median FLAIR (0: off)."""
     keep_components: float = OFF
     """Keep the mask's 3D components of at least this fraction of the largest one (0: off)."""
+    final_weight: float = 1.0
+    """With a final segmenter in the bundle: its map's weight in the main map, the fused map's 1 minus it
+    (1: the final segmenter alone; bundles without one ignore it)."""
     batch_size: int = 32
     """Patches per forward pass."""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -118,7 +121,7 @@ class InferenceSettings:
         """The post-processing settings and their sources, as ``report.json`` and ``metrics.json``
         record them (``scalp_margin_mm``, ``scalp_margin_source``, ...)."""
         out: dict[str, object] = {}
-        for name in ("scalp_margin_mm", "slice_smoothing", "flair_trim", "keep_components"):
+        for name in ("scalp_margin_mm", "slice_smoothing", "flair_trim", "keep_components", "final_weight"):
             out[name] = getattr(self, name)
             out[name.removesuffix("_mm") + "_source"] = self.source(name)
         return out

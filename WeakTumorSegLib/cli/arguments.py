@@ -105,22 +105,25 @@ TRIM_HELP = ("clear the mask's voxels whose FLAIR is below F times the median FL
 COMPONENTS_HELP = ("keep only the mask's 3D connected components with at least F times the largest one's voxels, "
                    "and fill the holes of each axial slice's mask; 0 keeps the mask as it is, as Yoo et al. do "
                    "(default: the bundle's inference.keep_components)")
+FINAL_HELP = ("with a bundle that has a final segmenter: weight W of its map in the mask, the fused S_US / S_OS "
+              "map weighing 1 - W (1: the final segmenter alone; default: the bundle's inference.final_weight)")
 SCALP_HELP = ("clear the mask within this many mm of the head's outer surface (scalp and skull); "
               "0 turns it off, as skull-stripped images need (default: the bundle's inference.scalp_margin_mm)")
 
 
 def add_postprocess_options(parser: argparse.ArgumentParser) -> None:
-    """--scalp-margin, --slice-smoothing, --flair-trim and --keep-components (segment, evaluate)."""
+    """--scalp-margin, --slice-smoothing, --flair-trim, --keep-components and --final-weight (segment, evaluate)."""
     parser.add_argument("--scalp-margin", type=millimetres_arg, default=None, metavar="MM", help=SCALP_HELP)
     parser.add_argument("--slice-smoothing", type=smoothing_arg, default=None, metavar="W", help=SMOOTHING_HELP)
     parser.add_argument("--flair-trim", type=fraction_arg, default=None, metavar="F", help=TRIM_HELP)
     parser.add_argument("--keep-components", type=fraction_arg, default=None, metavar="F", help=COMPONENTS_HELP)
+    parser.add_argument("--final-weight", type=fraction_arg, default=None, metavar="W", help=FINAL_HELP)
 
 
 def postprocess_overrides(args: argparse.Namespace) -> dict[str, float | None]:
     """The inference settings the post-processing options override (None: not given)."""
     return {"scalp_margin_mm": args.scalp_margin, "slice_smoothing": args.slice_smoothing,
-            "flair_trim": args.flair_trim, "keep_components": args.keep_components}
+            "flair_trim": args.flair_trim, "keep_components": args.keep_components, "final_weight": args.final_weight}
 
 
 def add_run_options(parser: argparse.ArgumentParser, progress_help: str, quiet_help: str) -> None:

@@ -89,6 +89,10 @@ def _print_summary(bundle, cases, source, metrics, written, seconds: float) -> N
           f"classifier AUC {fmt(clf['auc'])}; fused Dice {fmt(seg['per_volume_3d'])} per volume (3D, tumour-bearing "
           f"volumes), {fmt(seg['per_slice_paper'])} per slice (empty slices count 1, as in Yoo et al.), "
           f"{fmt(seg['per_slice_tumour'])} per tumour slice.")
+    final = metrics["segmentation"].get("final") or {}
+    if final.get("available"):
+        print(f"Final segmenter (the main mask): Dice {fmt(final['per_volume_3d'])} per volume, "
+              f"{fmt(final['per_slice_paper'])} per slice, {fmt(final['per_slice_tumour'])} per tumour slice.")
     for path in written:
         print(f"  {path}")
 

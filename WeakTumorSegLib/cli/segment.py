@@ -153,6 +153,7 @@ def _report(done: _Done) -> dict:
         "threshold": result.threshold,
         "threshold_source": result.settings.source("filter_threshold"),
         "seeds": bool(done.args.seeds),
+        "network": result.network,
         **result.settings.report(),
         "geometry": {"size": list(geom.size), "spacing": list(geom.spacing), "origin": list(geom.origin),
                      "direction": list(geom.direction)},

@@ -36,6 +36,16 @@ def add_parser(sub) -> None:
     tr.add_argument("--geometry", type=Path, default=None, help=GEOMETRY_HELP)
     tr.add_argument("--run-dir", type=Path, default=None, help="run directory (default: <out>.run)")
     tr.add_argument("--resume", action="store_true", help="continue the run in the run directory")
+    tr.add_argument("--annotations", type=Path, default=None, metavar="DIR",
+                    help="folder of reviewed exports from the Slicer module (<volume>_mask.nii.gz and "
+                         "<volume>_manifest.csv): the final segmenter reads their kept and corrected slices as "
+                         "fully annotated, flagged ones as weakly labelled, and skips excluded ones; their patients "
+                         "must be in --data")
+    tr.add_argument("--from-bundle", type=Path, default=None, metavar="BUNDLE",
+                    help="train only the final segmenter, on top of this bundle: its fused pipeline labels the "
+                         "patients of --data it was trained on (all of them if none), and --out gets a copy of it "
+                         "with the final segmenter (minutes on a CPU). The final section comes from --preset and "
+                         "--config; everything else from the bundle")
     tr.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_run_options(tr, progress_help="bar (default), json or none", quiet_help="no progress and no log lines")
     tr.set_defaults(func=run)
@@ -65,7 +75,19 @@ def run(args: argparse.Namespace) -> int:
         if not args.geometry.is_file():
             raise UsageError("geometry declaration file not found", args.geometry)
         overrides["data"] = {"geometry": str(args.geometry.resolve())}
-    config = resolve_config(args.preset, args.config, overrides)
+    if args.annotations is not None:
+        if not args.annotations.is_dir():
+            raise UsageError("annotation folder not found", args.annotations)
+        overrides.setdefault("data", {})["annotations"] = str(args.annotations.resolve())
+    if args.from_bundle is not None:
+        from ..bundle.info import read_bundle_config
+        from ..training.presets import final_only_config
+
+        config = final_only_config(read_bundle_config(args.from_bundle), args.preset, args.config,
+                                   args.from_bundle)
+        config["data"].update(overrides.get("data", {}))
+    else:
+        config = resolve_config(args.preset, args.config, overrides)
     run_dir = args.run_dir or args.out.with_name(args.out.name + ".run")
     if args.out.exists() and not args.resume:
         raise UsageError("bundle folder already exists; choose another --out or pass --resume", args.out)
@@ -85,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     training = TrainingRun(run_dir, config, args.data, args.out, dist=dist, resume=args.resume, log=log,
                            progress=progress)
     try:
-        path = training.run()
+        path = training.run() if args.from_bundle is None else training.run_final(args.from_bundle)
     except KeyboardInterrupt:
         progress.close()
         if dist.main:

@@ -18,7 +18,7 @@ import torch
 from ..baselines import residual_baseline
 from ..bundle.info import BUNDLE_FILE, sha256_file
 from ..bundle.load import Bundle
-from ..inference.pipeline import EXTRA_HEALTHY, segment_arrays
+from ..inference.pipeline import EXTRA_FUSED, EXTRA_HEALTHY, FINAL, segment_arrays
 from ..bundle.settings import InferenceSettings
 from ..io.cohort import Case, canonical_slice_labels, read_mask, slice_labels
 from ..io.images import read_channels
@@ -62,10 +62,12 @@ def evaluate_case(bundle: Bundle, case: Case, device: torch.device | str, option
     volume = read_channels(paths)
     first = bundle.channels[0]
     truth = read_mask(Path(case.mask), volume.geometry, f"channel '{first}' ({paths[first]})")
-    have = available_models(bundle.models, options.residual_threshold)
+    have = available_models(bundle.models, options.residual_threshold, options.settings.final_weight)
     extra = [MODELS[k][2] for k in ("s0", "s_os", "s_us", "seed_only") if have[k]]
     if have["residual"]:
         extra.append(EXTRA_HEALTHY)
+    if have["final"]:
+        extra.append(EXTRA_FUSED)
     geometry = case.geometry(volume.geometry)
     result = segment_arrays(bundle, volume.channels, device, options.settings, seeds=options.rise,
                             geometry=geometry, extra=extra, progress=progress)
@@ -75,7 +77,9 @@ def evaluate_case(bundle: Bundle, case: Case, device: torch.device | str, option
     label_csv = None if case.labels is None else canonical_slice_labels(
         slice_labels(case, volume.channels[first].shape[0]), result.preprocessing.get("orientation") or CANONICAL,
         case.labels)
-    masks: dict[str, np.ndarray] = {"fused": axial(result.mask)}
+    masks: dict[str, np.ndarray] = {result.network: axial(result.mask)}
+    if result.network == FINAL:
+        masks["fused"] = axial(result.extra_masks[EXTRA_FUSED])
     for key in ("s0", "s_os", "s_us", "seed_only"):
         if have[key]:
             masks[key] = axial(result.extra_masks[MODELS[key][2]])
@@ -133,7 +137,7 @@ def build_metrics(evaluations: Sequence[CaseEvaluation], bundle: Bundle, options
     """``metrics.json``: the bundle, the configuration, every table's numbers and ``extra``."""
     from .. import __version__
 
-    have = available_models(bundle.models, options.residual_threshold)
+    have = available_models(bundle.models, options.residual_threshold, options.settings.final_weight)
     summary = summarise(evaluations, have, options.settings.gate_threshold, options.rise is not None,
                         options.filter_thresholds)
     return clean_json({

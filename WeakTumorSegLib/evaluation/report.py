@@ -120,8 +120,10 @@ def tables_markdown(metrics: Mapping) -> str:
     else:
         out.append(f"Not computed ({s.get('reason', '')}).")
     seg = metrics["segmentation"]
-    for table, title, keys in (("4", "Table 4 - Dice of each step", ("s0", "s_os", "s_us", "fused")),
-                               ("5", "Table 5 - comparison to baselines", ("s0", "fused", "seed_only", "residual"))):
+    final = ("final",) if seg.get("final", {}).get("available") else ()
+    for table, title, keys in (("4", "Table 4 - Dice of each step", ("s0", "s_os", "s_us", "fused", *final)),
+                               ("5", "Table 5 - comparison to baselines",
+                                ("s0", "fused", *final, "seed_only", "residual"))):
         out += ["", f"**{title}**", "",
                 "| model | per-volume 3D Dice | per-slice Dice (paper) | per-slice Dice (tumour slices) |",
                 "|---|---|---|---|"]
@@ -143,6 +145,10 @@ def tables_markdown(metrics: Mapping) -> str:
             out += ["", (f"Components {cfg['keep_components']:g} ({cfg['keep_components_source']}): every segmenter's "
                          f"mask keeps its 3D connected components of at least {cfg['keep_components']:g} times the "
                          "largest one's voxels, each slice's holes filled.")]
+        if table == "4" and final and cfg.get("final_weight", 1.0) < 1.0:
+            out += ["", (f"Final weight {cfg['final_weight']:g} ({cfg['final_weight_source']}): the final segmenter's "
+                         f"map is averaged with the fused map, weights {cfg['final_weight']:g} and "
+                         f"{1 - cfg['final_weight']:g}, before it is binarised.")]
         if table == "5" and seg["residual"]["available"]:
             res = cfg["residual"]
             out += ["", (f"Residual threshold {res['threshold']:g} ({res['threshold_source']}), "

@@ -26,6 +26,7 @@ MODELS: dict[str, tuple[str, str, str | None]] = {
     "s_os": ("Refined, over-segmenting (S_OS alone)", "4", "segmenter_os"),
     "s_us": ("Refined, under-segmenting (S_US alone)", "4", "segmenter_us"),
     "fused": ("Combined (fused S_OS + S_US)", "4", None),
+    "final": ("Final segmenter (trained on the filtered fused masks; not in the paper)", "4", "final"),
     "seed_only": ("Baseline: S0 trained with the seed loss only", "5", "baseline_seed_only"),
     "residual": ("Baseline: FLAIR residual, 5x5 median, threshold (Baur et al.)", "5", None),
 }
@@ -62,12 +63,16 @@ class CaseEvaluation:
         return int(len(self.truth_pixels))
 
 
-def available_models(models: Collection[str], residual_threshold: float | None) -> dict[str, bool]:
-    """Which of :data:`MODELS` can be evaluated with a bundle that has the networks ``models``."""
+def available_models(models: Collection[str], residual_threshold: float | None,
+                     final_weight: float = 1.0) -> dict[str, bool]:
+    """Which of :data:`MODELS` can be evaluated with a bundle that has the networks ``models``
+    (the final segmenter only when its ``final_weight`` is above 0)."""
     out = {}
     for key, (_, _, model) in MODELS.items():
         if key == "residual":
             out[key] = residual_threshold is not None
+        elif key == "final":
+            out[key] = model in models and final_weight > 0
         elif model is None:
             out[key] = True
         else:

@@ -9,7 +9,10 @@
    ``slice_smoothing`` each patch's p is first averaged with the same tile's p on the
    neighbouring slices (:func:`~WeakTumorSegLib.stages.fusion.smooth_across_slices`);
 3. :func:`segment_patches`: S_US and S_OS run on the gated patches and are fused with
-   w = 2(p - 0.5) (:mod:`WeakTumorSegLib.stages.fusion`);
+   w = 2(p - 0.5) (:mod:`WeakTumorSegLib.stages.fusion`); a bundle with a final segmenter
+   (``final``, trained on the fused pipeline's filtered masks) also runs it on the gated patches,
+   and its map (averaged with the fused map by ``settings.final_weight``) becomes the main one (the
+   fused mask still gives the difference score and flags);
 4. :func:`convert`: the converter U turns the FLAIR of the gated patches into its healthy variant;
 5. :func:`seed_masks`: optionally, C's RISE seeds of the gated patches
    (:mod:`WeakTumorSegLib.stages.seeds`);
@@ -58,8 +61,12 @@ ProgressFn = Callable[[str, int, int], None]
 
 #: ``extra`` name asking :func:`segment_arrays` for the healthy FLAIR (:attr:`SegmentationResult.healthy`).
 EXTRA_HEALTHY = "healthy"
+#: ``extra`` name asking for the fused model's mask when a final network makes the main one.
+EXTRA_FUSED = "fused"
+#: The bundle model that, when present, makes the main mask instead of the fused segmenters.
+FINAL = "final"
 #: Bundle models that are not segmenters and so cannot be an ``extra`` mask.
-NOT_SEGMENTERS = ("classifier", "converter")
+NOT_SEGMENTERS = ("classifier", "converter", FINAL)
 
 
 @dataclass
@@ -160,6 +167,13 @@ def segment_patches(models: Mapping[str, torch.nn.Module], vol: Prepared, p: np.
                 net = models[name]
                 maps[gated] = batched(lambda xb, net=net: net(xb)[:, 0], vol.patches[gated], batch, device)
         single[name] = maps
+    if FINAL in models and settings.final_weight > 0:  # the final segmenter makes the main mask, on C's patches
+        maps = np.zeros_like(fused)
+        if len(gated):
+            net = models[FINAL]
+            maps[gated] = batched(lambda xb: net(xb)[:, 0], vol.patches[gated], batch, device)
+        w = settings.final_weight
+        single[FINAL] = maps if w == 1.0 else w * maps + (1.0 - w) * fused
     return fused, single
 
 
@@ -207,10 +221,11 @@ def seed_masks(classifier: torch.nn.Module, vol: Prepared, gated: np.ndarray, ga
 def finish(vol: Prepared, p: np.ndarray, patch_maps: Mapping[str, np.ndarray], healthy: np.ndarray,
            gate_w: np.ndarray,
            settings: InferenceSettings) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray, np.ndarray,
-                                                 np.ndarray]:
+                                                 dict[str, np.ndarray]]:
     """Step 6: ``(probabilities, masks, difference scores, p_tumor per slice, tumour pixels per
-    slice)``; the first two keyed like ``patch_maps`` (``fused`` and the extra segmenters), on the
-    input grid. Post-processing and the per-slice figures work on the axial slices of the canonical
+    slice)``; the first two and the last keyed like ``patch_maps`` (``fused``, ``final`` and the extra
+    segmenters), the maps on the input grid. The difference scores are those of the fused mask.
+    Post-processing and the per-slice figures work on the axial slices of the canonical
     layout (the input's own slices when it is stored axially), at the input's voxel size."""
     std = vol.std
     probabilities = {name: std.to_canonical_input(vol.tiling.stitch(maps)) for name, maps in patch_maps.items()}
@@ -222,7 +237,7 @@ def finish(vol: Prepared, p: np.ndarray, patch_maps: Mapping[str, np.ndarray], h
     diff = std.to_canonical_input(np.abs(x_work - vol.tiling.stitch(healthy, weights=gate_w, fill=x_work)))
     scores = mean_in_mask(diff, masks["fused"])
     p_slice = p.reshape(vol.tiling.slices, vol.tiling.per_slice).max(axis=1)
-    pixels = masks["fused"].sum(axis=(1, 2)).astype(np.int64)
+    pixels = {name: m.sum(axis=(1, 2)).astype(np.int64) for name, m in masks.items()}
     back = std.reorientation.to_input
     return ({k: back(v) for k, v in probabilities.items()}, {k: back(v) for k, v in masks.items()}, scores,
             p_slice, pixels)
@@ -246,7 +261,10 @@ def _check_request(bundle: Bundle, channels: Mapping[str, np.ndarray], extra: Se
     if missing:
         raise BundleError(f"bundle '{bundle.name}' needs channels {', '.join(bundle.channels)}; "
                           f"missing: {', '.join(missing)}", bundle.path)
-    models = [e for e in dict.fromkeys(extra) if e != EXTRA_HEALTHY]
+    if EXTRA_FUSED in extra and FINAL not in bundle.models:
+        raise BundleError(f"bundle '{bundle.name}' has no final segmenter, so its main mask is the fused one; "
+                          f"do not ask for '{EXTRA_FUSED}' as an extra mask", bundle.path)
+    models = [e for e in dict.fromkeys(extra) if e not in (EXTRA_HEALTHY, EXTRA_FUSED)]
     for name in models:
         if name in NOT_SEGMENTERS or name not in bundle.models:
             usable = [m for m in bundle.models if m not in NOT_SEGMENTERS]
@@ -256,7 +274,8 @@ def _check_request(bundle: Bundle, channels: Mapping[str, np.ndarray], extra: Se
 
 
 def _empty_result(flair: np.ndarray, settings: InferenceSettings, seeds: bool,
-                  extra_models: Sequence[str], healthy: bool, timings: dict[str, float]) -> SegmentationResult:
+                  extra_models: Sequence[str], healthy: bool, timings: dict[str, float],
+                  network: str) -> SegmentationResult:
     """The result for a volume of nothing but background: an empty mask, not an error."""
     z = flair.shape[0]
     empty = np.zeros(flair.shape, dtype=np.float32)
@@ -267,7 +286,7 @@ def _empty_result(flair: np.ndarray, settings: InferenceSettings, seeds: bool,
                               settings, seeds_out, seeds_out, timings, counts,
                               {n: empty.astype(np.uint8) for n in extra_models},
                               {n: empty.copy() for n in extra_models},
-                              empty.copy() if healthy else None, empty.copy() if healthy else None)
+                              empty.copy() if healthy else None, empty.copy() if healthy else None, network=network)
 
 
 def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: torch.device | str = "cpu",
@@ -296,8 +315,10 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
     timings["preprocess"] = time.perf_counter() - t0
     say("preprocess", 1, 1)
     if vol is None:
-        return _empty_result(np.asarray(channels[bundle.flair_channel]), settings, seeds is not None, extra_models,
-                             want_healthy, timings)
+        fused = [EXTRA_FUSED] if EXTRA_FUSED in extra else []
+        return _empty_result(np.asarray(channels[bundle.flair_channel]), settings, seeds is not None,
+                             [*extra_models, *fused], want_healthy, timings,
+                             FINAL if FINAL in bundle.models and settings.final_weight > 0 else "fused")
 
     with torch.inference_mode():
         t = time.perf_counter()
@@ -325,18 +346,23 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
     say("postprocess", 0, 1)
     probabilities, masks, scores, p_slice, pixels = finish(vol, p, {"fused": fused, **single}, healthy, gate_w,
                                                            settings)
-    mask = masks.pop("fused")
-    flagged, reasons = flag_slices(pixels, scores, p_slice, settings.filter_threshold,
+    network = FINAL if FINAL in single else "fused"
+    flagged, reasons = flag_slices(pixels["fused"], scores, p_slice, settings.filter_threshold,
                                    settings.undecided_margin, settings.gate_threshold)
+    mask, probability = masks.pop(network), probabilities.pop(network)
+    if EXTRA_FUSED not in extra:
+        masks.pop("fused", None), probabilities.pop("fused", None)
+    elif network == "fused":  # final_weight 0: the fused mask is the main one and the extra one
+        masks["fused"], probabilities["fused"] = mask, probability
     flair01, healthy01 = residual_inputs(vol, healthy_all) if want_healthy else (None, None)
     timings["postprocess"] = time.perf_counter() - t
     say("postprocess", 1, 1)
     counts = {"slices": vol.tiling.slices, "patches": len(vol.patches), "tissue_patches": int(len(vol.tissue)),
-              "gated_patches": int(len(gated)), "tumor_slices": int((pixels > 0).sum()),
+              "gated_patches": int(len(gated)), "tumor_slices": int((pixels[network] > 0).sum()),
               "tumor_voxels": int(mask.sum()), "flagged_slices": int(flagged.sum())}
-    return SegmentationResult(mask, probabilities.pop("fused"), p_slice, scores, flagged, reasons, settings, pos, neg,
+    return SegmentationResult(mask, probability, p_slice, scores, flagged, reasons, settings, pos, neg,
                               timings, counts, masks, probabilities, healthy01, flair01,
-                              *_input_checks(bundle, vol, len(gated)), pixels)
+                              *_input_checks(bundle, vol, len(gated)), pixels[network], network)
 
 
 def _input_checks(bundle: Bundle, vol: Prepared, gated: int) -> tuple[dict, list[str]]:

@@ -16,13 +16,13 @@ class SegmentationResult:
     over the axial slices of the canonical layout, which are the input's own slices, inferior first,
     for a volume stored axially."""
 
-    #: the tumour mask (uint8)
+    #: the tumour mask (uint8), made by ``network``
     mask: np.ndarray
-    #: the fused probability after the scalp margin and the FLAIR trim, before the component filter
+    #: ``network``'s probability after the scalp margin and the FLAIR trim, before the component filter
     probability: np.ndarray
     #: per slice, the largest classifier output over its patches (after slice smoothing)
     p_tumor: np.ndarray
-    #: per slice, the difference score (Eq. 19; 1 for an empty mask)
+    #: per slice, the difference score of the fused mask (Eq. 19; 1 for an empty mask)
     difference_score: np.ndarray
     flagged: np.ndarray
     flag_reason: list[str]
@@ -47,6 +47,8 @@ class SegmentationResult:
     warnings: list[str] = field(default_factory=list)
     #: tumour pixels per axial slice of the canonical layout (None: ``mask``'s own slices)
     slice_pixels: np.ndarray | None = None
+    #: the network that made ``mask``: ``final`` (the final segmenter) or ``fused`` (S_US and S_OS)
+    network: str = "fused"
 
     @property
     def threshold(self) -> float:

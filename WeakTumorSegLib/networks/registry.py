@@ -8,6 +8,7 @@ from torch import nn
 
 from .classifiers import ClassifierEnsemble, CompactClassifier, VGG16BNClassifier
 from .dcgan import Discriminator, Encoder, Generator, UNet
+from .mixed import MixedUNet
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     "vgg16_bn": VGG16BNClassifier,
@@ -17,6 +18,7 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     "dcgan_discriminator": Discriminator,
     "encoder": Encoder,
     "unet": UNet,
+    "unet_mixed": MixedUNet,
 }
 
 

@@ -26,8 +26,11 @@ class SiteAugmentation:
     contrast: float = 0.1
     bias: float = 0.15
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Augment a ``(B, C, H, W)`` batch of images in [0, 1] with a zero background."""
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                 maps: torch.Tensor | None = None):
+        """Augment a ``(B, C, H, W)`` batch of images in [0, 1] with a zero background. With ``maps``
+        (``(B, K, H, W)`` label maps), returns ``(images, maps)``, the maps moved by the same
+        geometry (nearest neighbour, zero outside) and their intensities untouched."""
         b, c, h, w = x.shape
 
         def uniform(*shape: int, lo: float = -1.0, hi: float = 1.0) -> torch.Tensor:
@@ -47,5 +50,7 @@ class SiteAugmentation:
         contrast = (1.0 + uniform(b, c) * self.contrast).to(x)[:, :, None, None]
         field = 1.0 + self.bias * F.interpolate(uniform(b, c, 4, 4), size=(h, w), mode="bilinear",
                                                 align_corners=False).to(x)
-        out = (out.clamp(0.0, 1.0) ** gamma * contrast * field).clamp(0.0, 1.0)
-        return out * inside
+        out = (out.clamp(0.0, 1.0) ** gamma * contrast * field).clamp(0.0, 1.0) * inside
+        if maps is None:
+            return out
+        return out, F.grid_sample(maps.to(x), grid, mode="nearest", padding_mode="zeros", align_corners=False)

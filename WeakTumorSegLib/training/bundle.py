@@ -15,10 +15,12 @@ import torch
 from torch import nn
 
 from ..baselines import choose_residual_threshold
+from ..bundle.info import read_bundle_config
+from ..bundle.load import load_model
 from ..bundle.save import save_bundle
 from ..metrics import per_slice_dice, roc_auc, sensitivity_specificity
 from ..stages.fusion import fuse
-from . import STAGES
+from . import PIPELINE_STAGES
 from .architectures import bundle_architectures
 from .checkpoint import unwrap, write_json
 from .quality import training_warnings
@@ -36,7 +38,7 @@ def write_bundle(run: TrainingRun, models: Mapping[str, nn.Module]) -> Path:
     metrics = validation_metrics(run, models)
     rise = {k: v for k, v in cfg["rise"].items() if k != "chunk"}
     stage_info = {s: json.loads((run.stage_dir(s) / "done.json").read_text())
-                  for s in STAGES[:-1] if run.is_done(s)}
+                  for s in PIPELINE_STAGES if run.is_done(s)}
     run.warnings = training_warnings(stage_info, metrics)
     bundle_cfg = {
         "name": run.out.name,
@@ -48,7 +50,7 @@ def write_bundle(run: TrainingRun, models: Mapping[str, nn.Module]) -> Path:
                      "split": json.loads((run.dir / "split.json").read_text()),
                      "slices": {"train": len(run.train.label), "train_tumour": int(run.train.label.sum()),
                                 "val": len(run.val.label), "val_tumour": int(run.val.label.sum())},
-                     "stage_seconds": {s: round(run.timings.get(s, 0.0), 1) for s in STAGES[:-1]
+                     "stage_seconds": {s: round(run.timings.get(s, 0.0), 1) for s in PIPELINE_STAGES
                                        if s in run.timings},  # stages a preset turns off are absent
                      "stages": stage_info, "world_size": run.dist.world,
                      "warnings": run.warnings},
@@ -65,6 +67,24 @@ def write_bundle(run: TrainingRun, models: Mapping[str, nn.Module]) -> Path:
     run.dist.barrier()
     run.timings["bundle"] = time.perf_counter() - t0
     return path
+
+
+def add_final(path: Path, model: nn.Module, architecture: tuple[str, dict], info: Mapping, seconds: float,
+              dest: Path | None = None, final_weight: float | None = None) -> Path:
+    """The bundle at ``path`` with the final segmenter added (its record under ``final``, and
+    ``final_weight`` as its ``inference.final_weight`` unless it has one), written atomically to
+    ``dest`` (default: in place)."""
+    cfg = read_bundle_config(path)
+    specs = cfg.pop("models")
+    models = {name: load_model(path, name, spec) for name, spec in specs.items() if name != "final"}
+    archs = {name: (spec["architecture"], spec.get("kwargs", {})) for name, spec in specs.items()}
+    archs["final"] = architecture
+    cfg["final"] = dict(info)
+    if final_weight is not None:  # a bundle from before the final segmenter has no such setting
+        cfg.setdefault("inference", {}).setdefault("final_weight", final_weight)
+    cfg.setdefault("training", {}).setdefault("stage_seconds", {})["final"] = round(seconds, 1)
+    return save_bundle(dest or path, cfg, {**models, "final": unwrap(model)}, archs, overwrite=True,
+                       weights_dtype=str(cfg.get("weights_dtype", "float32")))
 
 
 def residual_baseline(run: TrainingRun, converter: nn.Module) -> dict | None:

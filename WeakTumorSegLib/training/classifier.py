@@ -57,6 +57,10 @@ def train_classifier(run: TrainingRun) -> nn.Module:
     return model.eval()
 
 
+#: what the classifier's learning-rate schedule may watch (:func:`plateau_metric`)
+SCHEDULE_ON = ("validation", "training")
+
+
 def classifier_metrics(run: TrainingRun, model: nn.Module) -> dict[str, float]:
     """Validation loss, AUC, sensitivity and specificity of ``model`` on the validation slices."""
     yv = run.val.label
@@ -67,6 +71,16 @@ def classifier_metrics(run: TrainingRun, model: nn.Module) -> dict[str, float]:
                                         torch.from_numpy(yv.astype(np.float32))))
     sens, spec = sensitivity_specificity(yv, p)
     return {"val_loss": loss, "val_auc": roc_auc(yv, p), "val_sensitivity": sens, "val_specificity": spec}
+
+
+def plateau_metric(run: TrainingRun) -> str:
+    """What the learning-rate plateau schedule watches: the validation loss with
+    ``classifier.schedule_on`` "validation" (when there are validation slices), else the training
+    loss. With "training" no step of the training reads the validation patients."""
+    on = run.config["classifier"].get("schedule_on", "validation")
+    if on not in SCHEDULE_ON:
+        raise ValueError(f"classifier.schedule_on must be one of {', '.join(SCHEDULE_ON)}, got {on!r}")
+    return "val_loss" if on == "validation" and len(run.val.label) else "loss"
 
 
 def train_member(run: TrainingRun, model: nn.Module, member: int, members: int) -> dict:
@@ -105,7 +119,7 @@ def train_member(run: TrainingRun, model: nn.Module, member: int, members: int) 
     run.resumed.pop("classifier", None)  # set by train_epochs when this member resumes
     history = train_epochs(run, "classifier", {"classifier": model}, {"classifier": opt}, {"plateau": sched},
                            int(c["epochs"]), len(run.x), int(c["batch"]), step, validate,
-                           plateau_on="val_loss" if len(run.val.label) else "loss", tag=tag, member=member)
+                           plateau_on=plateau_metric(run), tag=tag, member=member)
     if not (history and len(run.val.label)):  # else the last epoch's validation already did it
         recalibrate_batchnorm(model, run.x, int(c["batch"]), run.device)
     info = {"last": history[-1] if history else {},

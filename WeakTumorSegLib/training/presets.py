@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..stages.classifier import AUGMENTATIONS
+from ..stages.final import TRAINERS
 
 _PAPER = {
     "seed": 0,
@@ -27,12 +28,16 @@ _PAPER = {
     # (preprocessing.standardise); inplane_scale is only read by bundles without it
     "preprocessing": {"clip_percentiles": [1.0, 99.0], "inplane_scale": 0.5, "brain_threshold": 0.0,
                       "spacing_mm": 1.8},
-    # geometry: a declaration file of the cohort's true orientation and voxel size (io.cohort)
+    # geometry: a declaration file of the cohort's true orientation and voxel size (io.cohort);
+    # annotations: a folder of reviewed Slicer exports for the final segmenter (io.annotations)
     "data": {"erosion": 0, "max_zero_fraction": 0.5, "val_fraction": 0.2, "split_seed": 0, "val_patients": None,
-             "geometry": None},
+             "geometry": None, "annotations": None},
     "classifier": {"architecture": "vgg16_bn", "kwargs": {"width": 64, "hidden": 4096, "upsample": 2.0},
                    "epochs": 100, "batch": 32, "lr": 5e-6, "weight_decay": 0.1, "betas": [0.9, 0.999],
                    "plateau_factor": 0.1, "plateau_patience": 5, "plateau_threshold": 1e-4,
+                   # the loss the plateau schedule watches: 'validation' (the validation patients'
+                   # slices) or 'training' (then no training step reads the validation patients)
+                   "schedule_on": "validation",
                    # 'flip': random left-right mirroring; 'site': mirroring, rotation, zoom, gamma,
                    # contrast and bias field (stages.augmentation; neither is in the paper)
                    "augment": "none",
@@ -65,11 +70,20 @@ _PAPER = {
     # Table 5 baselines, for `evaluate`: S0 trained with the seed loss only (one more segmenter
     # stage) and the residual threshold chosen on the training split (needs masks; cheap)
     "baselines": {"seed_only": True, "residual": True},
+    # the final segmenter (training.final; not in the paper, so off here): trainer 'self'
+    # (self-training), 'mixed' (Mlynarski et al.'s mixed supervision: batches of k masked, m empty and
+    # n weak tiles, pixel weights t0 / t1, loss weight a) or 'em' (Li et al.'s EM-regularised partial
+    # labels, weight lam; prior fitted on prior_pixels known pixels in prior_steps steps); rounds 2
+    # relabels the tumour tiles with round 1's network where it agrees with the fused mask
+    "final": {"trainer": None, "rounds": 1, "agreement": 0.7, "width": 16, "latent": 100, "hidden": 64,
+              "epochs": 16, "batch": 16, "lr": 1e-3, "halve_every": 8, "betas": [0.9, 0.999], "min_steps": 600,
+              "augment": True, "balanced": True, "t0": 0.7, "t1": 0.3, "a": 0.7, "k": 8, "m": 4, "n": 8, "lam": 1.0,
+              "prior_steps": 600, "prior_pixels": 200000},
     # the bundle's inference section (bundle.settings.InferenceSettings); the last four steps are
     # not in the paper and off here; the shipped TCGA-LGG bundles set 12 / 0.25 / 0.9 / 0.5
     "inference": {"stride": 64, "gate_threshold": 0.5, "mask_threshold": 0.5, "filter_threshold": 0.2,
                   "undecided_margin": 0.1, "batch_size": 32, "scalp_margin_mm": None, "slice_smoothing": 0.0,
-                  "flair_trim": 0.0, "keep_components": 0.0},
+                  "flair_trim": 0.0, "keep_components": 0.0, "final_weight": 1.0},
 }
 
 
@@ -99,16 +113,21 @@ PRESETS: dict[str, dict] = {
         # trained unreliably); three members make C steadier between trainings; 'site'
         # augmentation (mirroring, rotation, zoom, gamma, contrast, bias field) raised the inner
         # split's AUC (benchmarks/inner_augmentation.py)
+        # the plateau schedule watches the training loss: no training step reads the validation patients
         "classifier": {"architecture": "compact_classifier",
                        "kwargs": {"width": 8, "blocks": 4, "upsample": 1.0, "pool": "max"},
                        "epochs": 12, "lr": 1e-3, "weight_decay": 1e-4, "plateau_patience": 2,
-                       "augment": "site", "members": 3},
+                       "augment": "site", "members": 3, "schedule_on": "training"},
         "rise": {"n_masks": 200, "cells": 8, "batch": 100, **_FLAIR_GATES},
         "gan": {"width": 12, "epochs": 15, "halve_every": 10},
         "converter": {"epochs": 12, "halve_every": 8},
         # zeta 1: with the paper's 0.25, S0 covered about four times the tumour area on TCGA-LGG
         "segmenter": {"width": 12, "epochs": 12, "halve_every": 8, "lr": 1e-3, "balanced_seed_loss": True,
                       "min_steps": 400, "zeta": 1.0},
+        # mixed supervision with every labelled pixel weighted alike, its map averaged with the fused
+        # one (inner split, docs/experiments.md "Final segmenter")
+        "final": {"trainer": "mixed", "balanced": False},
+        "inference": {"final_weight": 0.5},
     }),
     # a smoke test of the whole pipeline on small synthetic phantoms in a few minutes on 2 CPU
     # cores; not a recipe for real patients (its bundles find little or nothing on MR)
@@ -163,10 +182,36 @@ def resolve_config(preset: str = "default", config_file: str | Path | None = Non
     if augment not in AUGMENTATIONS:
         raise InputError(f"classifier.augment must be one of {', '.join(AUGMENTATIONS)}, got {augment!r}",
                          config_file)
+    trainer = (config.get("final") or {}).get("trainer")
+    if trainer is not None and trainer not in TRAINERS:
+        raise InputError(f"final.trainer must be null or one of {', '.join(TRAINERS)}, got {trainer!r}", config_file)
     disc_width = config["converter"].get("disc_width")
     if disc_width is not None and not _whole_number(disc_width):
         raise InputError(f"converter.disc_width must be null or a whole number of at least 1, got {disc_width!r}",
                          config_file)
+    return config
+
+
+def final_only_config(bundle_config: Mapping, preset: str = "default", config_file: str | Path | None = None,
+                      where: Path | None = None) -> dict:
+    """The configuration of a run that trains only the final segmenter on top of a bundle: the
+    bundle's training configuration with the ``final`` section of ``preset`` (and its
+    ``inference.final_weight`` when the bundle has none), then the ``final`` and ``seed`` keys of
+    ``config_file``."""
+    base = (bundle_config.get("training") or {}).get("config")
+    if not isinstance(base, Mapping):
+        raise InputError("the bundle records no training configuration, so the final segmenter cannot be "
+                         "trained on top of it", where)
+    config = copy.deepcopy(dict(base))
+    preset_config = resolve_config(preset)
+    config["final"] = copy.deepcopy(preset_config["final"])
+    # a bundle from before the final segmenter has no final_weight: the preset's
+    config.setdefault("inference", {}).setdefault("final_weight", preset_config["inference"]["final_weight"])
+    if config_file is not None:
+        extra = resolve_config(preset, config_file)
+        config["final"], config["seed"] = extra["final"], extra["seed"]
+    if not config["final"].get("trainer"):
+        raise InputError("final.trainer is null: set it (self, mixed or em) in --config", config_file or where)
     return config
 
 

@@ -6,7 +6,7 @@
 checkpoint after each), ``predict``, and ``finish(stage, ...)``, which writes the stage's weights,
 tensors and ``done.json`` (rank 0) and drops its checkpoint. The stages themselves are functions
 in :mod:`.classifier`, :mod:`.seeds`, :mod:`.gan`, :mod:`.converter`, :mod:`.segmenters`,
-:mod:`.refinement` and :mod:`.bundle`; :meth:`TrainingRun.run` calls them in order.
+:mod:`.refinement`, :mod:`.bundle` and :mod:`.final`; :meth:`TrainingRun.run` calls them in order.
 
 Under ``torchrun`` each stage trains with DistributedDataParallel and a DistributedSampler;
 rank 0 computes the non-training steps (RISE, refinement) and writes every file, the other
@@ -29,10 +29,12 @@ from ..errors import InputError
 from ..io.cohort import discover, split_patients
 from ..preprocessing.intensity import PreprocessConfig
 from . import STAGES
-from .bundle import write_bundle
+from ..bundle.load import Bundle
+from .bundle import add_final, write_bundle
 from .checkpoint import json_default, remove_checkpoint, write_json, write_tensors, write_weights
 from .classifier import train_classifier
 from .converter import healthy_variants, train_converter
+from .final import final_architecture, final_cases, train_final
 from .distributed import Dist
 from .gan import train_gan
 from .refinement import refine
@@ -112,6 +114,7 @@ class TrainingRun:
                              self.seed, progress=lambda d, t: self.progress("data", d, t),
                              flair=cfg["flair_channel"])
         self.stats = stat_ranges([slices.stats[i] for i in train_ids if slices.stats.get(i)])
+        self.cases, self.train_ids = cases, list(train_ids)
         self.train = slices.select_patients(train_ids)
         self.val = slices.select_patients(val_ids)
         validate_cohort(self.train, self.data_path)
@@ -174,6 +177,27 @@ class TrainingRun:
         self.log(f"{stage}: starting")
         return False
 
+    def run_final(self, source: Path) -> Path:
+        """Only the final segmenter, on top of the bundle at ``source`` (its fused pipeline labels the
+        patients of ``data`` that it trained on, or every patient when it trained on none of them;
+        reviewed exports in ``data.annotations`` label their own patients); writes ``source`` with the
+        final segmenter to ``out``."""
+        self.prepare_dir()
+        bundle = Bundle.load(source)
+        cases = discover(self.data_path, self.channels, self.config["data"].get("geometry"))
+        trained_on = set(((bundle.config.get("training") or {}).get("split") or {}).get("train") or ())
+        chosen, annotations = final_cases(self, cases, trained_on)
+        which = "the bundle's training patients" if trained_on & {c.id for c in cases} else "all of them"
+        self.log(f"final segmenter on {len(chosen)} of {len(cases)} patients ({which}"
+                 f"{' and the annotated ones' if annotations else ''})")
+        model, info = train_final(self, bundle, chosen, annotations)
+        if self.dist.main:
+            add_final(Path(source), model, final_architecture(self.config, len(self.channels)), info,
+                      self.timings.get("final", 0.0), dest=self.out,
+                      final_weight=self.config["inference"].get("final_weight"))
+        self.dist.barrier()
+        return self.out
+
     # -- everything ------------------------------------------------------------------------------------------
     def run(self) -> Path:
         """Every stage in order (finished ones are loaded, not retrained); returns the bundle's path."""
@@ -199,6 +223,12 @@ class TrainingRun:
                 self, "segmenter_seed_only", np.ones(len(self.x), bool), seeds["pos"], neg, x_hat, classifier,
                 seed_only=True)
         path = write_bundle(self, models)
+        if (self.config.get("final") or {}).get("trainer"):
+            final = train_final(self, Bundle.load(path), *final_cases(self, self.cases, set(self.train_ids)))
+            if final is not None and self.dist.main:
+                add_final(path, final[0], final_architecture(self.config, len(self.channels)), final[1],
+                          self.timings.get("final", 0.0))
+            self.dist.barrier()
         self.log("stage times: " + ", ".join(f"{s} {self.timings[s]:.0f} s" for s in STAGES if s in self.timings))
         for line in self.warnings:
             self.log("WARNING " + line)

@@ -1,0 +1,149 @@
+"""The final segmenter end to end on phantoms: trained as the last stage of ``train``, it beats the
+fused model whose filtered masks taught it on patients neither saw; ``segment`` writes its mask and
+says so; ``train --from-bundle --annotations`` learns from reviewed exports and refuses an export on
+another voxel grid than its image.
+
+One module-scoped training (the ``tiny`` preset with the final stage, 8 phantoms, about two
+minutes on 2 CPU cores) serves every test.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_cli, stderr_lines
+
+N_PATIENTS = 8
+CHANNELS = ("flair", "t1", "t1ce")
+CONFIG = {
+    "data": {"val_fraction": 0.25},
+    "final": {"trainer": "mixed", "epochs": 8, "halve_every": 6, "min_steps": 150, "width": 8, "latent": 32,
+              "hidden": 32, "k": 4, "m": 2, "n": 4},
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    from support.phantoms import make_phantom, write_case
+
+    root = tmp_path_factory.mktemp("final")
+    cohort = root / "cohort"
+    for i in range(N_PATIENTS):
+        ph = make_phantom(shape=(24, 128, 128), n_tumors=1, tumor_slice_fraction=0.45, seed=400 + i)
+        write_case(ph, cohort / f"p{i:02d}", f"p{i:02d}")
+    config = root / "final.json"
+    config.write_text(json.dumps(CONFIG))
+    bundle = root / "bundle"
+    proc = run_cli("train", "--data", cohort, "--out", bundle, "--preset", "tiny", "--config", config,
+                   "--device", "cpu", "--threads", "2", "--progress", "none", timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    evaluation = root / "eval"
+    proc = run_cli("evaluate", "--bundle", bundle, "--data", cohort, "--no-seeds", "--out", evaluation,
+                   "--device", "cpu", "--progress", "none")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"root": root, "cohort": cohort, "bundle": bundle, "config": config,
+            "metrics": json.loads((evaluation / "metrics.json").read_text()), "log": proc.stdout}
+
+
+def test_final_network_beats_the_fused_model_on_unseen_phantoms(trained):
+    seg = trained["metrics"]["segmentation"]
+    assert seg["final"]["available"]
+    assert seg["final"]["volumes"] == 2  # the validation phantoms, never used in training
+    assert seg["final"]["per_volume_3d"] > seg["fused"]["per_volume_3d"], seg
+    assert seg["final"]["per_volume_3d"] >= 0.5
+
+
+def test_bundle_records_the_final_stage_and_its_labels(trained):
+    cfg = json.loads((trained["bundle"] / "bundle.json").read_text())
+    assert "final" in cfg["models"] and cfg["models"]["final"]["architecture"] == "unet_mixed"
+    labels = cfg["final"]["labels"]["round1"]
+    # every tumour-free slice is a full empty label; some tumour slices have a mask, others only their label
+    assert labels["empty"] > 0 and labels["masked"] > 0
+    assert labels["masked"] + labels["weak"] >= labels["tumour_tiles_with_mask"]
+    assert cfg["final"]["patients"] == 6  # the training split only
+    assert "final" in cfg["training"]["stage_seconds"]
+
+
+def test_segment_writes_the_final_mask_and_names_its_network(trained, tmp_path):
+    from WeakTumorSegLib.bundle.load import Bundle
+    from WeakTumorSegLib.inference.pipeline import segment_arrays
+    from WeakTumorSegLib.io.images import read_channels
+
+    case = trained["cohort"] / "p00"
+    channels = {c: case / f"p00_{c}.nii.gz" for c in CHANNELS}
+    bundle = Bundle.load(trained["bundle"])
+    assert "final" in bundle.models
+    volume = read_channels(channels)
+    alone = bundle.settings(final_weight=1.0)
+    result = segment_arrays(bundle, volume.channels, "cpu", alone, extra=["fused"])
+    assert result.network == "final"
+    # the main mask is the final network's; the fused one is still there, and the flags are its own
+    assert not np.array_equal(result.mask, result.extra_masks["fused"])
+    fused_only = segment_arrays(bundle, volume.channels, "cpu", bundle.settings(final_weight=0.0))
+    assert fused_only.network == "fused"  # weight 0: the final network is not even run
+    assert np.array_equal(fused_only.mask, result.extra_masks["fused"])
+    assert np.array_equal(fused_only.flagged, result.flagged)  # the flags are the fused mask's either way
+    half = segment_arrays(bundle, volume.channels, "cpu", bundle.settings(final_weight=0.5))
+    np.testing.assert_allclose(half.probability, 0.5 * (result.probability + fused_only.probability), atol=1e-5)
+    proc = run_cli("segment", "--bundle", trained["bundle"], *[f"-c{c}={p}" for c, p in channels.items()],
+                   "--out", tmp_path, "--name", "p00", "--device", "cpu", "--progress", "none")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "p00_report.json").read_text())
+    assert report["network"] == "final"
+    assert report["counts"]["tumor_voxels"] == int(result.mask.sum())
+
+
+def _export(cohort: Path, folder: Path, pid: str, statuses: list[str] | None = None, spacing=None) -> None:
+    """A reviewed export as the Slicer module writes it: the true mask as ``corrected``."""
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    mask = sitk.ReadImage(str(cohort / pid / f"{pid}_seg.nii.gz"))
+    if spacing is not None:
+        mask.SetSpacing(spacing)
+    sitk.WriteImage(mask, str(folder / f"{pid}_flair_mask.nii.gz"))
+    n = mask.GetSize()[2]
+    with open(folder / f"{pid}_flair_manifest.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["volume", "slice", "status", "difference_score", "tumor_pixels"])
+        for k, status in enumerate(statuses or ["corrected"] * n):
+            w.writerow([f"{pid}_flair", k, status, "", 0])
+
+
+def test_training_from_reviewed_exports(trained, tmp_path):
+    exports = tmp_path / "exports"
+    n = 24
+    _export(trained["cohort"], exports, "p01", ["corrected"] * (n - 4) + ["excluded"] * 2 + ["flagged"] * 2)
+    out = tmp_path / "improved"
+    proc = run_cli("train", "--from-bundle", trained["bundle"], "--data", trained["cohort"], "--annotations", exports,
+                   "--out", out, "--preset", "tiny", "--config", trained["config"], "--device", "cpu",
+                   "--threads", "2", "--progress", "none", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = json.loads((out / "bundle.json").read_text())
+    assert cfg["final"]["annotated_patients"] == ["p01"]
+    # the source bundle is untouched; the copy differs only by its final network and record
+    src = json.loads((trained["bundle"] / "bundle.json").read_text())
+    assert src["models"]["final"]["sha256"] != cfg["models"]["final"]["sha256"]
+    assert {k: v["sha256"] for k, v in src["models"].items() if k != "final"} == \
+        {k: v["sha256"] for k, v in cfg["models"].items() if k != "final"}
+
+
+def test_export_on_another_grid_is_refused_before_training(trained, tmp_path):
+    exports = tmp_path / "exports"
+    _export(trained["cohort"], exports, "p02", spacing=(0.5, 0.5, 1.0))
+    out = tmp_path / "improved"
+    proc = run_cli("train", "--from-bundle", trained["bundle"], "--data", trained["cohort"], "--annotations", exports,
+                   "--out", out, "--preset", "tiny", "--config", trained["config"], "--device", "cpu",
+                   "--progress", "none")
+    assert proc.returncode != 0
+    lines = stderr_lines(proc)
+    assert len(lines) == 1, proc.stderr
+    assert "p02_flair_mask.nii.gz" in lines[0] and "voxel grid" in lines[0]
+    assert not out.exists()
+    shutil.rmtree(tmp_path / "improved.run", ignore_errors=True)
