@@ -32,12 +32,12 @@ from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from WeakTumorSegHelpers.core import (SEED_SEGMENTS, TUMOR_SEGMENT, BundleInfo, defaultBundleOrEmpty, defaultBundlePath,
                                       defaultBundleSettings, readBundle, sampleDataFolders)
 from WeakTumorSegHelpers.core import SegmentationError  # noqa: F401  (raised by process(): part of the API)
-from WeakTumorSegHelpers import export, installer, nodes, review, run, views
+from WeakTumorSegHelpers import export, improve, installer, nodes, review, run, views
 from WeakTumorSegHelpers.devices import DeviceMenu, DeviceProbe
 from WeakTumorSegHelpers.export import ExportExistsError  # noqa: F401  (raised by exportResults: part of the API)
 from WeakTumorSegHelpers.inputspanel import InputsPanel
 from WeakTumorSegHelpers.installer import installDependencies
-from WeakTumorSegHelpers.job import STAGES, ProgressCallback, SegmentationJob, SegmentOptions
+from WeakTumorSegHelpers.job import STAGES, ProgressCallback, SegmentationJob, SegmentOptions, progressDisplay
 from WeakTumorSegHelpers.reviewpanel import ReviewPanel
 from WeakTumorSegHelpers.run import SegmentationResult
 from WeakTumorSegHelpers.slicerbase import (GUI_AVAILABLE, ScriptedLoadableModule, ScriptedLoadableModuleLogic,
@@ -76,9 +76,9 @@ class WeakTumorSeg(ScriptedLoadableModule):
             "Segments brain tumours in MR volumes with a model trained from slice-level labels only, "
             "following {paper}. Choose a model bundle and one volume per channel it needs, then click "
             "<b>Segment</b>. Review the slices that the difference-score filter flags as low-confidence, "
-            "correct them with the embedded Segment Editor, mark each slice kept / corrected / excluded, and "
-            "export the masks with a manifest for training a semi-supervised segmenter. The optional seeds "
-            "are the classifier's RISE explanation maps ({rise}). See the project's README for details."
+            "correct them with the embedded Segment Editor, mark each slice kept / corrected / excluded, export "
+            "the masks with a manifest, and <b>Improve the model</b>: train the bundle's final segmenter on them. "
+            "The optional seeds are the classifier's RISE explanation maps ({rise}). See the README for details."
         ).format(paper=PAPER_CITATION, rise=RISE_CITATION)
         self.parent.acknowledgementText = _(
             "Method: {paper}. Seeds: {rise}. Built on 3D Slicer (Fedorov et al., Magn Reson Imaging 2012) and PyTorch."
@@ -95,7 +95,7 @@ if GUI_AVAILABLE:
     class WeakTumorSegParameterNode:
         """The module's settings: one input volume per bundle channel (``inputVolume0`` is the bundle's
         first channel), the bundle folder, device, filter threshold, scalp margin (starts at the default
-        bundle's), seeds, output and export folder."""
+        bundle's), seeds, output and export folder; the exports, cohort and new bundle folders to improve it."""
 
         inputVolume0: vtkMRMLScalarVolumeNode
         inputVolume1: vtkMRMLScalarVolumeNode
@@ -109,6 +109,9 @@ if GUI_AVAILABLE:
         showSeeds: bool = False
         outputSegmentation: vtkMRMLSegmentationNode
         exportFolder: Path = Path.home()
+        trainingExports: Path = Path.home()
+        trainingCohort: Path = Path.home()
+        improvedBundlePath: Path = Path()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -143,6 +146,7 @@ class WeakTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = WeakTumorSegLogic()
         self.inputs = InputsPanel(self.ui, self.logic, lambda: self._parameterNode, MAX_CHANNELS)
         self.review = ReviewPanel(self.ui, self.logic, lambda: self._parameterNode)  # review, correct, export
+        self.improve = improve.ImprovePanel(self.ui, self.logic, lambda: self._parameterNode)  # train a bundle
         self.deviceMenu = DeviceMenu(self.ui.deviceComboBox, self.onDeviceChosen)
         self._timer = qt.QTimer()
         self._timer.setInterval(100)
@@ -161,6 +165,7 @@ class WeakTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         self.cancelJob()
+        self.improve.cleanup()
         self._timer.stop()
         self.removeObservers()
         self.review = None
@@ -277,16 +282,12 @@ class WeakTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._job = self.logic.process(self.inputVolumes(), bundlePath=p.bundlePath, device=p.device,
                                            threshold=p.threshold, scalpMargin=p.scalpMargin, seeds=p.showSeeds,
                                            outputSegmentation=p.outputSegmentation, wait=False,
-                                           progressCallback=self.onProgress)
+                                           progressCallback=progressDisplay(self.ui.progressBar, self.ui.statusLabel))
             self.ui.progressBar.value = 0
             self.ui.progressBar.setVisible(True)
             self.ui.statusLabel.text = STAGES["start"][0]
             self._timer.start()
             self.updateButtons()
-
-    def onProgress(self, stage: str, fraction: float, message: str) -> None:
-        self.ui.progressBar.value = int(round(100 * fraction))
-        self.ui.statusLabel.text = message
 
     def onTimer(self) -> None:
         if self._probe is not None and self._probe.result is None and self._probe.poll() is not None:
@@ -363,6 +364,7 @@ class WeakTumorSegLogic(ScriptedLoadableModuleLogic):
     inputVolumeOf = staticmethod(nodes.inputVolumeOf)
     resultWarnings = staticmethod(run.resultWarnings)  # the core's warnings about the run that made a segmentation
     writeVolume = staticmethod(nodes.writeVolume)
+    train = staticmethod(improve.train)  # a bundle's final segmenter trained on reviewed exports, as a new bundle
 
     # -- segmenting ----------------------------------------------------------------------------------
 

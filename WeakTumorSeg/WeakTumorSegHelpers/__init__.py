@@ -12,6 +12,7 @@ scripted-module template: Module, parameter node, Widget, Logic and Test).
 - :mod:`.export`: the mask, segmentation and manifest written for training;
 - :mod:`.devices`: which PyTorch and GPUs the core's interpreter sees, and the device menu;
 - :mod:`.installer`: installing PyTorch and ``Resources/requirements.txt`` into Slicer's Python;
+- :mod:`.improve`: the background ``train --from-bundle`` process and the Improve the model section;
 - :mod:`.inputspanel`, :mod:`.reviewpanel`: the Inputs and the Review / Correct / Export sections of the GUI.
 
 The installer, the panels and the device menu are the GUI's; everything the Logic uses runs with MRML,

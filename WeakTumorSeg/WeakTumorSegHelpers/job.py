@@ -1,9 +1,10 @@
-"""The background ``segment`` process: its command line, its progress and its end.
+"""The background core processes: their command lines, their progress and their end.
 
-:class:`SegmentationJob` runs ``python -m WeakTumorSegLib segment --progress json`` in a process group
-of its own, turns the core's JSON progress lines into a fraction and a message (:data:`STAGES`), and
-once the process has succeeded calls back to load the results. :func:`killProcessTree` stops such a
-process with its children. Nothing here touches the GUI.
+:class:`CoreJob` runs ``python -m WeakTumorSegLib <command> ... --progress json`` in a process group of its
+own, turns the core's JSON progress lines into a fraction and a message, and once the process has
+succeeded loads its result; :class:`SegmentationJob` is the ``segment`` run (stages :data:`STAGES`), whose
+results are loaded by a callback (the training job is in :mod:`.improve`). :func:`killProcessTree` stops
+such a process with its children. Nothing here touches the GUI.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ STAGES = {
 }
 #: Output stem of a run (``--name``); the input volume's name is used for the nodes instead.
 OUTPUT_NAME = "case"
+#: Exit status of a core command that was interrupted (Ctrl+C).
+INTERRUPTED = 130
 
 ProgressCallback = Callable[[str, float, str], None]
 
@@ -80,11 +83,14 @@ class SegmentOptions:
 def segmentCommand(bundlePath: Path, outDir: Path, channelFiles: Mapping[str, Path],
                    options: SegmentOptions) -> list[str]:
     """The ``python -m WeakTumorSegLib segment`` command line for one patient."""
-    command = [pythonExecutable(), "-m", "WeakTumorSegLib", "segment", "--bundle", str(bundlePath),
-               "--out", str(outDir), "--name", OUTPUT_NAME, "--progress", "json"]
-    for channel, path in channelFiles.items():
-        command += ["--channel", f"{channel}={path}"]
-    return command + options.arguments()
+    channels = [arg for channel, path in channelFiles.items() for arg in ("--channel", f"{channel}={path}")]
+    return coreCommand("segment", "--bundle", str(bundlePath), "--out", str(outDir), "--name", OUTPUT_NAME,
+                       *channels, *options.arguments())
+
+
+def coreCommand(subcommand: str, *arguments: str) -> list[str]:
+    """``python -m WeakTumorSegLib <subcommand> <arguments> --progress json`` with the core's interpreter."""
+    return [pythonExecutable(), "-m", "WeakTumorSegLib", subcommand, *arguments, "--progress", "json"]
 
 
 def outputFiles(outDir: Path) -> dict[str, Path]:
@@ -120,11 +126,23 @@ def _startProcess(command: list[str], workdir: Path) -> subprocess.Popen:
                             errors="replace", bufsize=1, **kwargs)
 
 
-class StageProgress:
-    """The fraction done of a run from the stages reported so far, weighted as in :data:`STAGES`."""
+def progressDisplay(bar: Any, label: Any) -> ProgressCallback:
+    """A progress callback that shows the fraction on ``bar`` (a progress bar, in percent) and the message on
+    ``label`` (the GUI's; anything with ``value`` and ``text`` will do)."""
 
-    def __init__(self, seeds: bool) -> None:
-        self.weights = {stage: weight for stage, (_label, weight) in STAGES.items() if seeds or stage != "seeds"}
+    def show(stage: str, fraction: float, message: str) -> None:
+        bar.value, label.text = int(round(100 * fraction)), message
+
+    return show
+
+
+class StageProgress:
+    """The fraction done of a run from the stages reported so far, weighted as in ``stages`` (by default
+    :data:`STAGES`, ``seeds`` left out unless the run computes them)."""
+
+    def __init__(self, seeds: bool, stages: Mapping[str, tuple[str, float]] = STAGES) -> None:
+        self.stages = stages
+        self.weights = {stage: weight for stage, (_label, weight) in stages.items() if seeds or stage != "seeds"}
         self.done: list[str] = []
         self.fraction = 0.0
 
@@ -135,24 +153,31 @@ class StageProgress:
         finished = sum(self.weights[s] for s in self.done)
         current = self.weights.get(stage, 0.0) * (min(done, total) / total if total else 1.0)
         self.fraction = max(self.fraction, min(1.0, (finished + current) / sum(self.weights.values())))
-        label = STAGES.get(stage, (stage, 0))[0]
+        label = self.stages.get(stage, (stage, 0))[0]
         return f"{label} ({done}/{total})" if total > 1 else label
 
 
-class SegmentationJob:
-    """A running ``segment`` process. Call :meth:`poll` regularly (from the thread that owns the scene);
-    ``loadResults()`` is called there once the process has succeeded, and its value becomes ``result``.
+class CoreJob:
+    """A running core process (``--progress json``). Call :meth:`poll` regularly (from the thread that owns
+    the scene); once the process has succeeded, :meth:`_load` is called there and its value becomes ``result``.
 
-    ``state`` is ``running``, ``succeeded``, ``failed`` or ``cancelled``; ``result`` or ``error`` (a
-    :class:`SegmentationError`) is set when it ends. ``inputNames`` maps the temporary input files to the
-    names of their volume nodes (the core's messages name the files).
+    ``state`` is ``running``, ``succeeded``, ``failed`` or ``cancelled``; ``result`` or ``error`` (an
+    :attr:`errorClass`, the core's one-line message) is set when it ends, and :meth:`_ended` runs once then.
+    ``progress`` turns the core's stages into a fraction and a message (as :class:`StageProgress` does);
+    ``inputNames`` maps file names in the core's messages to the names to show instead. Subclasses say what
+    the job does (:attr:`what`), load the result and may tidy up when it ends.
     """
 
-    def __init__(self, command: list[str], workdir: Path, loadResults: Callable[[], Any], seeds: bool = False,
-                 inputNames: Mapping[str, str] | None = None, progressCallback: ProgressCallback | None = None) -> None:
+    #: What the job does, in its messages ("the segmentation was cancelled").
+    what = "core process"
+    #: The error a failed job raises and keeps in ``error``.
+    errorClass: type[SegmentationError] = SegmentationError
+
+    def __init__(self, command: list[str], workdir: Path, progress: StageProgress,
+                 progressCallback: ProgressCallback | None = None,
+                 inputNames: Mapping[str, str] | None = None) -> None:
         self.command = command
         self.workdir = workdir
-        self.loadResults = loadResults
         self.inputNames = dict(inputNames or {})
         self.progressCallback = progressCallback
         self.state = "running"
@@ -160,7 +185,7 @@ class SegmentationJob:
         self.error: SegmentationError | None = None
         self.stderrLines: list[str] = []
         self.doneEvent: dict = {}
-        self._progress = StageProgress(seeds)
+        self._progress = progress
         self._lines: queue.Queue = queue.Queue()
         self.process = _startProcess(command, workdir)
         self._readers = [threading.Thread(target=_readLines, args=(stream, self._lines, kind), daemon=True)
@@ -177,6 +202,13 @@ class SegmentationJob:
     def fraction(self) -> float:
         """Share of the run done so far (0 to 1)."""
         return self._progress.fraction
+
+    def _load(self) -> Any:
+        """The job's result, once the process has succeeded (raise to fail the job)."""
+        return self.doneEvent
+
+    def _ended(self) -> None:
+        """Called once when the job has ended (succeeded, failed or cancelled)."""
 
     def _report(self, stage: str, done: int, total: int) -> None:
         message = self._progress.update(stage, done, total)
@@ -209,7 +241,7 @@ class SegmentationJob:
             self._report(str(event["stage"]), int(event.get("done", 0)), int(event.get("total", 0)))
 
     def poll(self) -> bool:
-        """Forward progress; when the process has ended, load the results. True once the job is over."""
+        """Forward progress; when the process has ended, load the result. True once the job is over."""
         if not self.running:
             return True
         self._drain()
@@ -221,20 +253,20 @@ class SegmentationJob:
         try:
             self._finish()
         finally:
-            self._cleanup()
+            self._ended()
         return True
 
     def _finish(self) -> None:
         if self.process.returncode != 0:
-            self._fail(SegmentationError(self._errorMessage(), "\n".join(self.stderrLines)))
-            logging.error(f"WeakTumorSeg: segmentation failed: {self.error}\n" + self.error.details)
+            self._fail(self.errorClass(self._errorMessage(), "\n".join(self.stderrLines)))
+            logging.error(f"WeakTumorSeg: {self.what} failed: {self.error}\n" + self.error.details)
             return
         try:
-            self.result = self.loadResults()
-        except Exception as exc:  # loading the results failed: report it like a core error
-            self._fail(exc if isinstance(exc, SegmentationError) else SegmentationError(
+            self.result = self._load()
+        except Exception as exc:  # loading the result failed: report it like a core error
+            self._fail(exc if isinstance(exc, SegmentationError) else self.errorClass(
                 f"could not load the results ({type(exc).__name__}: {exc})"))
-            logging.exception("WeakTumorSeg: loading results failed")
+            logging.exception(f"WeakTumorSeg: loading the {self.what}'s results failed")
             return
         self.state = "succeeded"
         if self.progressCallback:
@@ -248,38 +280,58 @@ class SegmentationJob:
         lines = [ln for ln in self.stderrLines if ln.strip()]
         errors = [ln for ln in lines if ": error:" in ln]
         message = errors[-1].split(": error:", 1)[1].strip() if errors else (lines[-1].strip() if lines else "")
+        if self.process.returncode == INTERRUPTED and not errors:
+            message = f"the {self.what} was interrupted"
         if not message:
-            message = f"the segmentation process ended with exit code {self.process.returncode}"
-        for path, volumeName in self.inputNames.items():  # temporary files -> node names
-            message = message.replace(path, f"volume '{volumeName}'")
+            message = f"the {self.what} process ended with exit code {self.process.returncode}"
+        for path, name in self.inputNames.items():  # temporary files -> node names
+            message = message.replace(path, name)
         return message
 
     def wait(self, timeout: float | None = None) -> Any:
-        """Block until the job ends; return its result or raise its :class:`SegmentationError`."""
+        """Block until the job ends; return its result or raise its error (:attr:`errorClass`)."""
         deadline = time.monotonic() + (math.inf if timeout is None else timeout)
         while not self.poll():
             if time.monotonic() > deadline:
                 self.cancel()
-                raise SegmentationError(f"the segmentation took longer than {timeout:g} s and was cancelled")
+                raise self.errorClass(f"the {self.what} took longer than {timeout:g} s and was cancelled")
             time.sleep(0.05)
         if self.state == "succeeded":
             return self.result
         if self.state == "cancelled":
-            raise SegmentationError("the segmentation was cancelled")
+            raise self.errorClass(f"the {self.what} was cancelled")
         raise self.error  # type: ignore[misc]
 
     def cancel(self) -> None:
-        """Stop the whole process tree; nothing is added to the scene and the temporary files go."""
+        """Stop the whole process tree; no result is loaded."""
         if not self.running:
             return
         killProcessTree(self.process)
         for reader in self._readers:
             reader.join(timeout=2)
         self.state = "cancelled"
-        self._cleanup()
-        logging.info("WeakTumorSeg: segmentation cancelled")
+        self._ended()
+        logging.info(f"WeakTumorSeg: {self.what} cancelled")
 
-    def _cleanup(self) -> None:
+
+class SegmentationJob(CoreJob):
+    """A running ``segment`` process in the temporary folder ``workdir`` (removed when it ends);
+    ``loadResults()`` turns its outputs into nodes and becomes ``result``. ``inputNames`` maps the temporary
+    input files to the names of their volume nodes (the core's messages name the files)."""
+
+    what = "segmentation"
+
+    def __init__(self, command: list[str], workdir: Path, loadResults: Callable[[], Any], seeds: bool = False,
+                 inputNames: Mapping[str, str] | None = None, progressCallback: ProgressCallback | None = None) -> None:
+        self.loadResults = loadResults
+        names = {path: f"volume '{name}'" for path, name in (inputNames or {}).items()}
+        super().__init__(command, workdir, StageProgress(seeds), progressCallback, names)
+
+    def _load(self) -> Any:
+        return self.loadResults()
+
+    def _ended(self) -> None:
+        """Nothing is added to the scene unless it succeeded; the temporary files go either way."""
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
