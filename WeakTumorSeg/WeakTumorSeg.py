@@ -78,7 +78,8 @@ class WeakTumorSeg(ScriptedLoadableModule):
             "<b>Segment</b>. Review the slices that the difference-score filter flags as low-confidence, "
             "correct them with the embedded Segment Editor, mark each slice kept / corrected / excluded, export "
             "the masks with a manifest, and <b>Improve the model</b>: train the bundle's final segmenter on them. "
-            "The optional seeds are the classifier's RISE explanation maps ({rise}). See the README for details."
+            "The optional seeds come from the classifier's explanation maps (the bundle's seed method; RISE, {rise}, "
+            "in the shipped bundles). See the README for details."
         ).format(paper=PAPER_CITATION, rise=RISE_CITATION)
         self.parent.acknowledgementText = _(
             "Method: {paper}. Seeds: {rise}. Built on 3D Slicer (Fedorov et al., Magn Reson Imaging 2012) and PyTorch."

@@ -19,14 +19,14 @@ from torch import nn
 from ..errors import BundleError
 from ..networks.registry import build
 from ..preprocessing.intensity import PreprocessConfig
-from ..stages.seeds import RiseConfig
+from ..stages.seeds import RiseConfig, SeedSettings
 from .info import BUNDLE_FILE, BundleInfo, read_bundle_config, sha256_file
 
 #: Networks an inference bundle must contain.
 INFERENCE_MODELS = ("classifier", "converter", "segmenter_us", "segmenter_os")
 #: Networks inference uses when a bundle has them: the final segmenter, trained on the fused
-#: pipeline's filtered masks, makes the main mask.
-OPTIONAL_INFERENCE_MODELS = ("final",)
+#: pipeline's filtered masks, makes the main mask; the attention of ACAM seeds.
+OPTIONAL_INFERENCE_MODELS = ("final", "attention")
 
 
 class Bundle(BundleInfo):
@@ -46,6 +46,10 @@ class Bundle(BundleInfo):
         if n_masks is not None:
             rise["n_masks"] = int(n_masks)
         return RiseConfig(**rise)
+
+    def seeds(self, method: str | None = None, n_masks: int | None = None) -> SeedSettings:
+        """The bundle's seed settings (``method`` and RISE's ``n_masks``, when given, replace its own)."""
+        return SeedSettings.from_config(self.config, method, n_masks)
 
     def to(self, device: torch.device | str) -> "Bundle":
         for m in self.models.values():

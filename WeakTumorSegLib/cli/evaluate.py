@@ -63,7 +63,7 @@ def add_parser(sub) -> None:
     ev.set_defaults(func=run)
 
 
-def _configuration(args, cases, source, device, options, rise, residual: dict) -> dict:
+def _configuration(args, cases, source, device, options, seeds, residual: dict) -> dict:
     """The evaluate configuration recorded in ``metrics.json``."""
     import torch
 
@@ -72,7 +72,7 @@ def _configuration(args, cases, source, device, options, rise, residual: dict) -
         "command": "evaluate", "data": str(args.data.resolve()), "patients": [c.id for c in cases],
         "patients_source": source, "device": str(device), "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(), "seeds": options.rise is not None,
-        "rise": rise.to_dict(),
+        "rise": seeds.rise.to_dict(), "seed_method": seeds.to_dict(),
         "torch_seed": options.torch_seed, "gate_threshold": settings.gate_threshold,
         "mask_threshold": settings.mask_threshold, "difference_threshold": settings.filter_threshold,
         "undecided_margin": settings.undecided_margin, "filter_thresholds": list(options.filter_thresholds),
@@ -127,8 +127,8 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     threshold, threshold_source, median = residual_setting(bundle, args.residual_threshold)
-    rise = bundle.rise(args.seed_masks)
-    options = EvaluateOptions(settings, None if args.no_seeds else rise, threshold, threshold_source, median)
+    seeds = bundle.seeds(n_masks=args.seed_masks)
+    options = EvaluateOptions(settings, None if args.no_seeds else seeds, threshold, threshold_source, median)
     for msg in notes:
         note(msg)
     bundle.to(device)
@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
 
     progress("evaluate", 0, len(cases))
     evaluations = run_evaluation(bundle, cases, device, options, on_case=done_case)
-    configuration = _configuration(args, cases, source, device, options, rise,
+    configuration = _configuration(args, cases, source, device, options, seeds,
                                    {"threshold": threshold, "threshold_source": threshold_source, "median": median})
     progress("write", 0, len(OUTPUTS))
     metrics = build_metrics(evaluations, bundle, options, configuration,

@@ -17,7 +17,8 @@ from ..errors import InputError, WeakTumorSegError
 from ..inference.result import SegmentationResult
 from ..io.atomic import OutputSet
 from ..io.images import Geometry, Volume, image_stem, read_channels, write_mask
-from ..io.names import NEGATIVE_SEEDS_SEGMENT, POSITIVE_SEEDS_SEGMENT, SLICE_COLUMNS, TUMOR_SEGMENT, segment_outputs
+from ..io.names import (NEGATIVE_SEEDS_SEGMENT, POSITIVE_SEEDS_SEGMENT, SEED_METHODS, SLICE_COLUMNS, TUMOR_SEGMENT,
+                        segment_outputs)
 from ..io.segmentation import (
     NEGATIVE_SEED_COLOR,
     POSITIVE_SEED_COLOR,
@@ -71,7 +72,10 @@ def add_parser(sub) -> None:
                      help="difference-score threshold below which a non-empty slice is flagged "
                           "(default: the bundle's; 0.2 in Yoo et al.)")
     seg.add_argument("--seeds", action="store_true",
-                     help="also write the classifier's RISE positive/negative seeds as segments")
+                     help="also write the classifier's positive/negative seeds as segments")
+    seg.add_argument("--seed-method", choices=SEED_METHODS, default=None,
+                     help="explanation map of --seeds: rise, superpixel, gradcam or acam (acam needs a bundle trained "
+                          "with it; default: the bundle's seeds.method)")
     seg.add_argument("--seed-masks", type=positive_int, default=None,
                      help="number of RISE masks for --seeds (default: the bundle's)")
     seg.add_argument("--orientation", type=orientation_arg, default=None, metavar="CODE",
@@ -153,6 +157,7 @@ def _report(done: _Done) -> dict:
         "threshold": result.threshold,
         "threshold_source": result.settings.source("filter_threshold"),
         "seeds": bool(done.args.seeds),
+        "seed_method": (done.args.seed_method or done.bundle.seeds().method) if done.args.seeds else None,
         "network": result.network,
         **result.settings.report(),
         "geometry": {"size": list(geom.size), "spacing": list(geom.spacing), "origin": list(geom.origin),
@@ -197,6 +202,16 @@ def _summary(name: str, done: _Done, report: dict, written: list[Path]) -> None:
         print(f"  {path}")
 
 
+def seed_settings(bundle, args: argparse.Namespace):
+    """The bundle's seed settings with ``--seed-method`` and ``--seed-masks`` applied; ACAM refused on
+    a bundle without its attention."""
+    seeds = bundle.seeds(args.seed_method, args.seed_masks)
+    if seeds.method == "acam" and "attention" not in bundle.models:
+        raise InputError("--seed-method acam needs a bundle trained with seeds.method 'acam' (this one has no "
+                         "attention network)", bundle.path / BUNDLE_FILE)
+    return seeds
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -236,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
     declared = {k: v for k, v in (("orientation", args.orientation), ("spacing_mm", args.spacing)) if v is not None}
     geometry = volume.geometry.declared(args.orientation, args.spacing)
     result = segment_arrays(bundle, volume.channels, device, settings,
-                            seeds=bundle.rise(args.seed_masks) if args.seeds else None,
+                            seeds=seed_settings(bundle, args) if args.seeds else None,
                             geometry=geometry, progress=progress)
     for msg in result.warnings:
         warn(msg)

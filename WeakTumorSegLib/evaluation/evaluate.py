@@ -24,7 +24,7 @@ from ..io.cohort import Case, canonical_slice_labels, read_mask, slice_labels
 from ..io.images import read_channels
 from ..io.orientation import CANONICAL
 from ..preprocessing.orientation import Reorientation
-from ..stages.seeds import RiseConfig
+from ..stages.seeds import SeedSettings
 from .summary import FILTER_THRESHOLDS, MODELS, CaseEvaluation, available_models, clean_json, summarise
 
 #: Bundle models evaluated when the bundle has them (Tables 4 and 5).
@@ -40,7 +40,7 @@ class EvaluateOptions:
     #: the inference settings every patient is segmented with (the bundle's, with the user's overrides)
     settings: InferenceSettings
     #: RISE settings for the seed overlap metric (None: not computed)
-    rise: RiseConfig | None = None
+    rise: SeedSettings | None = None
     residual_threshold: float | None = None
     residual_threshold_source: str = "not available"
     residual_median: int = 5

@@ -111,12 +111,13 @@ def tables_markdown(metrics: Mapping) -> str:
                      f"output averaged with its neighbouring slices' (weights {w:g}, {1 - 2 * w:g}, {w:g}), "
                      "before the gate.")]
     s = metrics["seeds"]
-    out += ["", "**Table 3 - seed overlap** (RISE seeds; voxels pooled over patients)", ""]
+    method = (cfg.get("seed_method") or {}).get("method", "rise")
+    out += ["", f"**Table 3 - seed overlap** ({method} seeds; voxels pooled over patients)", ""]
     if s.get("computed"):
         out += ["| seeds | voxels | overlap |", "|---|---|---|",
                 f"| positive (inside truth) | {s['positive_voxels']} | {_num(s['positive_overlap'])} |",
                 f"| negative (outside truth) | {s['negative_voxels']} | {_num(s['negative_overlap'])} |",
-                "", f"RISE masks: {cfg['rise']['n_masks']}."]
+                "", f"RISE masks: {cfg['rise']['n_masks']}." if method == "rise" else ""]
     else:
         out.append(f"Not computed ({s.get('reason', '')}).")
     seg = metrics["segmentation"]

@@ -14,7 +14,7 @@
    and its map (averaged with the fused map by ``settings.final_weight``) becomes the main one (the
    fused mask still gives the difference score and flags);
 4. :func:`convert`: the converter U turns the FLAIR of the gated patches into its healthy variant;
-5. :func:`seed_masks`: optionally, C's RISE seeds of the gated patches
+5. :func:`seed_masks`: optionally, C's seeds of the gated patches (``seeds.method``)
    (:mod:`WeakTumorSegLib.stages.seeds`);
 6. :func:`finish`: overlapping patch maps are averaged (gated-out patches count as zeros), mapped
    back to the input grid, cleared outside the brain, post-processed (:mod:`.postprocess`) and
@@ -51,7 +51,8 @@ from ..preprocessing.standardise import Standardised, standardise
 from ..preprocessing.tiling import Tiling
 from ..stages.difference_filter import flag_slices, mean_in_mask
 from ..stages.fusion import fuse, smooth_across_slices
-from ..stages.seeds import RiseConfig, classifier_rise, extend_negative_seeds, gate_positive_seeds, normalize_maps
+from ..stages.seeds import (RiseConfig, SeedSettings, explanation_maps, extend_negative_seeds,
+                           gate_positive_seeds)
 from .checks import out_of_distribution, possible_miss
 from .postprocess import postprocess
 from .result import SegmentationResult
@@ -188,20 +189,23 @@ def convert(converter: torch.nn.Module, vol: Prepared, which: np.ndarray, settin
     return healthy
 
 
-def seed_masks(classifier: torch.nn.Module, vol: Prepared, gated: np.ndarray, gate_w: np.ndarray, rise: RiseConfig,
-               device: torch.device, say: ProgressFn) -> tuple[np.ndarray, np.ndarray]:
-    """Step 5: C's positive and negative RISE seeds on the input grid (uint8), from the gated
-    patches, with the FLAIR gates the bundle was trained with applied per patch as in training."""
-    n_batches = -(-rise.n_masks // rise.batch)
+def seed_masks(classifier: torch.nn.Module, vol: Prepared, gated: np.ndarray, gate_w: np.ndarray,
+               seeds: SeedSettings, device: torch.device, say: ProgressFn,
+               attention: torch.nn.Module | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Step 5: C's positive and negative seeds on the input grid (uint8), from the seed method's maps
+    of the gated patches, with the FLAIR gates the bundle was trained with applied per patch as in
+    training."""
+    total = seeds.work(len(gated))
     emaps = np.zeros((len(vol.patches), *vol.patches.shape[-2:]), dtype=np.float32)
-    say("seeds", 0, n_batches)
+    say("seeds", 0, total)
     if len(gated):
         xg = torch.from_numpy(vol.patches[gated]).to(device)
-        maps = classifier_rise(classifier, xg, rise, lambda d: say("seeds", -(-d // rise.batch), n_batches))
-        emaps[gated] = normalize_maps(maps).cpu().numpy()
+        emaps[gated] = explanation_maps(seeds, classifier, xg, vol.flair, attention,
+                                        lambda d: say("seeds", d, total)).cpu().numpy()
     e_in = vol.back(emaps, weights=gate_w)
     covered = vol.back(np.ones_like(emaps), weights=gate_w) > 0.5
-    pos, neg = covered & (e_in > rise.positive), covered & (e_in < rise.negative)
+    rise = seeds.rise
+    pos, neg = covered & (e_in > seeds.positive), covered & (e_in < seeds.negative)
     if len(gated):
         def on_input(per_patch: torch.Tensor) -> np.ndarray:
             part = np.zeros_like(emaps)
@@ -214,7 +218,7 @@ def seed_masks(classifier: torch.nn.Module, vol: Prepared, gated: np.ndarray, ga
             pos &= on_input(gate_positive_seeds(~nothing, flair_g, rise.positive_flair_quantile))
         if rise.negative_flair_quantile is not None:
             neg |= covered & on_input(extend_negative_seeds(nothing, flair_g, rise.negative_flair_quantile))
-    say("seeds", n_batches, n_batches)
+    say("seeds", total, total)
     return pos.astype(np.uint8), neg.astype(np.uint8)
 
 
@@ -290,20 +294,22 @@ def _empty_result(flair: np.ndarray, settings: InferenceSettings, seeds: bool,
 
 
 def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: torch.device | str = "cpu",
-                   settings: InferenceSettings | None = None, seeds: RiseConfig | bool | None = None,
+                   settings: InferenceSettings | None = None, seeds: SeedSettings | RiseConfig | bool | None = None,
                    geometry: Geometry | None = None, extra: Sequence[str] = (),
                    progress: ProgressFn | None = None) -> SegmentationResult:
     """Segment one volume given as ``{channel name: (slice, row, column) array}``.
 
     ``settings`` defaults to the bundle's (:meth:`~WeakTumorSegLib.bundle.info.BundleInfo.settings`);
-    ``seeds``, a RISE configuration (e.g. ``bundle.rise(n_masks)``; True: the bundle's), adds C's
-    seeds; ``geometry`` is the volume's voxel grid (its spacing and direction, possibly declared:
+    ``seeds``, seed settings (e.g. ``bundle.seeds(method)``, or a RISE configuration; True: the
+    bundle's), adds C's seeds; ``geometry`` is the volume's voxel grid (its spacing and direction, possibly declared:
     :meth:`~WeakTumorSegLib.io.images.Geometry.declared`; default 1 mm voxels, canonical layout).
     Channels the bundle does not use are ignored; a missing one raises :class:`BundleError`.
     ``extra`` names further outputs for evaluation (see the module docstring).
     """
     settings = settings or bundle.settings()
-    seeds = bundle.rise() if seeds is True else (seeds or None)
+    seeds = bundle.seeds() if seeds is True else (seeds or None)
+    if isinstance(seeds, RiseConfig):
+        seeds = SeedSettings(rise=seeds)
     device = torch.device(device)
     say = progress or (lambda stage, done, total: None)
     extra_models = _check_request(bundle, channels, extra)
@@ -339,7 +345,8 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
         pos = neg = None
         if seeds is not None:
             t = time.perf_counter()
-            pos, neg = seed_masks(models["classifier"], vol, gated, gate_w, seeds, device, say)
+            pos, neg = seed_masks(models["classifier"], vol, gated, gate_w, seeds, device, say,
+                                  models.get("attention"))
             timings["seeds"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -19,3 +19,7 @@ def segment_outputs(name: str) -> dict[str, str]:
     """The file names ``segment`` writes for the output stem ``name``, by kind."""
     return {"segmentation": f"{name}.seg.nrrd", "mask": f"{name}_mask.nii.gz",
             "slices": f"{name}_slices.csv", "report": f"{name}_report.json"}
+
+#: The seed methods (``seeds.method``; :mod:`WeakTumorSegLib.stages.seeds`), here so that the CLI
+#: can offer them without importing torch.
+SEED_METHODS = ("rise", "superpixel", "gradcam", "acam")

@@ -34,8 +34,16 @@ class Classifier(nn.Module):
             return x
         return F.interpolate(x, scale_factor=self.upsample, mode="bilinear", align_corners=False)
 
-    def logits_upsampled(self, xu: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    def feature_maps(self, xu: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """The last convolutional feature maps ``(B, K, h, w)`` of inputs at the model's resolution
+        (what Grad-CAM, CAM and ACAM explain; :mod:`WeakTumorSegLib.stages.seeds.cam`)."""
         raise NotImplementedError
+
+    def logits_from_features(self, f: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def logits_upsampled(self, xu: torch.Tensor) -> torch.Tensor:
+        return self.logits_from_features(self.feature_maps(xu))
 
     def forward_upsampled(self, xu: torch.Tensor) -> torch.Tensor:
         """Probabilities for inputs already at the model's (upsampled) resolution."""
@@ -96,8 +104,11 @@ class VGG16BNClassifier(Classifier):
             nn.Flatten(), nn.Linear(c * 49, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
             nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, 1))
 
-    def logits_upsampled(self, xu: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pool(self.features(xu)))[:, 0]
+    def feature_maps(self, xu: torch.Tensor) -> torch.Tensor:
+        return self.features(xu)
+
+    def logits_from_features(self, f: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(f))[:, 0]
 
 
 class CompactClassifier(Classifier):
@@ -119,8 +130,10 @@ class CompactClassifier(Classifier):
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(c, 1)
 
-    def logits_upsampled(self, xu: torch.Tensor) -> torch.Tensor:
-        f = self.features(xu)
+    def feature_maps(self, xu: torch.Tensor) -> torch.Tensor:
+        return self.features(xu)
+
+    def logits_from_features(self, f: torch.Tensor) -> torch.Tensor:
         pooled = torch.amax(f, dim=(2, 3)) if self.pool == "max" else f.mean(dim=(2, 3))
         return self.head(pooled)[:, 0]
 

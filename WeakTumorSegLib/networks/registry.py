@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from torch import nn
 
+from .attention import AxisAttention
 from .classifiers import ClassifierEnsemble, CompactClassifier, VGG16BNClassifier
 from .dcgan import Discriminator, Encoder, Generator, UNet
 from .mixed import MixedUNet
@@ -19,6 +20,7 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     "encoder": Encoder,
     "unet": UNet,
     "unet_mixed": MixedUNet,
+    "axis_attention": AxisAttention,
 }
 
 

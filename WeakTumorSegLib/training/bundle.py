@@ -20,6 +20,8 @@ from ..bundle.load import load_model
 from ..bundle.save import save_bundle
 from ..metrics import per_slice_dice, roc_auc, sensitivity_specificity
 from ..stages.fusion import fuse
+from ..stages.seeds import SeedSettings
+from ..stages.seeds.cam import attention_model
 from . import PIPELINE_STAGES
 from .architectures import bundle_architectures
 from .checkpoint import unwrap, write_json
@@ -35,6 +37,8 @@ def write_bundle(run: TrainingRun, models: Mapping[str, nn.Module]) -> Path:
     t0 = time.perf_counter()
     cfg = run.config
     archs = bundle_architectures(cfg, len(run.channels))
+    if "attention" in models:
+        archs["attention"] = attention_model(unwrap(models["classifier"]))
     metrics = validation_metrics(run, models)
     rise = {k: v for k, v in cfg["rise"].items() if k != "chunk"}
     stage_info = {s: json.loads((run.stage_dir(s) / "done.json").read_text())
@@ -45,6 +49,7 @@ def write_bundle(run: TrainingRun, models: Mapping[str, nn.Module]) -> Path:
         "description": f"Trained with preset '{cfg.get('preset')}' on {run.data_path.name} from slice labels only.",
         "channels": run.channels, "flair_channel": cfg["flair_channel"], "patch_size": cfg["patch_size"],
         "preprocessing": cfg["preprocessing"], "inference": cfg["inference"], "rise": rise,
+        "seeds": SeedSettings.from_config(cfg).to_dict(),
         "preprocessing_stats": run.stats,
         "training": {"preset": cfg.get("preset"), "config": cfg, "data": str(run.data_path),
                      "split": json.loads((run.dir / "split.json").read_text()),

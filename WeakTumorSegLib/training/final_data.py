@@ -101,7 +101,7 @@ def case_tiles(bundle: Bundle, case: Case, device: torch.device, erosion: int, w
     volume = read_channels({c: case.channels[c] for c in bundle.channels})
     geometry = case.geometry(volume.geometry)
     settings = bundle.settings()
-    res = segment_arrays(bundle, volume.channels, device, settings, seeds=bundle.rise() if with_em else None,
+    res = segment_arrays(bundle, volume.channels, device, settings, seeds=bundle.seeds() if with_em else None,
                          geometry=geometry)
     vol = prepare(bundle, volume.channels, settings, geometry)
     if vol is None:

@@ -38,7 +38,7 @@ from .final import final_architecture, final_cases, train_final
 from .distributed import Dist
 from .gan import train_gan
 from .refinement import refine
-from .seeds import make_seeds
+from .seeds import make_seeds, seed_attention
 from .segmenters import segmenter_negative_seeds, train_segmenter
 from .slices import load_slices, stat_ranges, validate_cohort
 
@@ -218,6 +218,9 @@ class TrainingRun:
         s_os = train_segmenter(self, "segmenter_os", xcr, refined["pos_r"], neg, x_hat, classifier)
         models = {"classifier": classifier, "converter": converter, "segmenter_us": s_us, "segmenter_os": s_os,
                   "segmenter0": s0}
+        attention = seed_attention(self, classifier)
+        if attention is not None:
+            models["attention"] = attention
         if self.config.get("baselines", {}).get("seed_only", False):
             models["baseline_seed_only"] = train_segmenter(
                 self, "segmenter_seed_only", np.ones(len(self.x), bool), seeds["pos"], neg, x_hat, classifier,

@@ -1,6 +1,6 @@
 """Training stage 2, the explanation seeds (Yoo et al., section 2.1): C's outputs on the training
-slices, X_C (true positives), RISE seeds S+ / S- for tumour slices, S+ empty / S- full for
-tumour-free slices."""
+slices, X_C (true positives), seeds S+ / S- of the configured method (``seeds.method``) for tumour
+slices, S+ empty / S- full for tumour-free slices. With ACAM, the attention is fitted here first."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from ..metrics import seed_overlap
-from ..stages.seeds import RiseConfig, classifier_rise, gate_positive_seeds, seeds_from_maps
+from ..stages.seeds import SeedSettings, explanation_maps, fit_attention, gate_positive_seeds, seeds_from_maps
+from ..stages.seeds.cam import untrained_attention
 from .checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 from .quality import training_warnings
 
@@ -19,18 +20,34 @@ if TYPE_CHECKING:
     from .run import TrainingRun
 
 
+def seed_attention(run: TrainingRun, classifier: nn.Module) -> nn.Module | None:
+    """The attention of ACAM seeds, fitted in the seeds stage (None for other methods)."""
+    if SeedSettings.from_config(run.config).method != "acam":
+        return None
+    return run.load_weights("seeds", "attention", untrained_attention(classifier))
+
+
 def make_seeds(run: TrainingRun, classifier: nn.Module) -> dict[str, torch.Tensor]:
     """Stage 2: C's outputs ``p`` on the training slices and the seeds ``pos`` / ``neg`` (uint8):
-    RISE seeds for tumour slices (checkpointed every ``rise.chunk`` slices), S+ empty and S- full
-    for tumour-free slices."""
+    seeds of ``seeds.method`` for tumour slices (checkpointed every ``rise.chunk`` slices), S+ empty
+    and S- full for tumour-free slices."""
     if run.skip("seeds"):
         return run.outputs("seeds")
-    t0, rc = time.perf_counter(), dict(run.config["rise"])
-    chunk = int(rc.pop("chunk", 64))
-    rise = RiseConfig(**rc)
+    t0 = time.perf_counter()
+    chunk = int(run.config["rise"].get("chunk", 64))
+    settings = SeedSettings.from_config(run.config)
+    rise = settings.rise
     n, size = len(run.x), run.x.shape[-1]
     p = run.predict(classifier, run.x)
     tumour = torch.nonzero(run.y > 0).flatten()
+    attention, weights, fit = None, {}, {}
+    if settings.method == "acam":  # quick (features once, a few hundred steps): refitted on resume
+        run.seed_stage("seeds")
+        attention, fit = fit_attention(classifier, run.x.to(run.device), run.y, settings.attention_steps,
+                                       settings.attention_lr, seed=run.seed,
+                                       progress=lambda d, t: run.progress("seeds (attention)", d, t))
+        weights = {"attention": attention}
+        run.log(f"seeds: ACAM attention fitted, loss {fit['loss_first']:.3f} -> {fit['loss_last']:.3f}")
     pos = torch.zeros(n, size, size, dtype=torch.uint8)
     neg = torch.ones(n, size, size, dtype=torch.uint8)  # tumour-free slices: S- everywhere
     if run.dist.main:
@@ -42,16 +59,17 @@ def make_seeds(run: TrainingRun, classifier: nn.Module) -> dict[str, torch.Tenso
             run.log(f"seeds: resuming after {done}/{len(tumour)} tumour slices")
         for start in range(done, len(tumour), chunk):
             idx = tumour[start:start + chunk]
-            label = "seeds (RISE)"
+            label = f"seeds ({settings.method})"
             run.progress(label, start, len(tumour))
-            maps = classifier_rise(classifier, run.x[idx].to(run.device), rise)
-            sp, sn = seeds_from_maps(maps, rise.positive, rise.negative)
+            maps = explanation_maps(settings, classifier, run.x[idx].to(run.device), run.flair, attention)
+            sp, sn = seeds_from_maps(maps, settings.positive, settings.negative)
             sp = gate_positive_seeds(sp, run.x[idx, run.flair].to(sp.device), rise.positive_flair_quantile)
             pos[idx], neg[idx] = sp.cpu().to(torch.uint8), sn.cpu().to(torch.uint8)
             save_checkpoint(ckpt, {}, state={"done": start + len(idx)}, tensors={"pos": pos, "neg": neg})
             run.progress(label, start + len(idx), len(tumour))
     xc = (run.y > 0) & (p > 0.5)
-    info = {"tumour_slices": len(tumour), "true_positives": int(xc.sum()), "rise": rise.to_dict()}
+    info = {"tumour_slices": len(tumour), "true_positives": int(xc.sum()), "rise": rise.to_dict(),
+            "seeds": settings.to_dict(), **({"attention": fit} if fit else {})}
     if run.train.mask is not None and xc.any():
         truth = run.train.mask[xc.numpy()]
         info["seed_overlap_positive"], info["seed_overlap_negative"] = seed_overlap(
@@ -60,5 +78,5 @@ def make_seeds(run: TrainingRun, classifier: nn.Module) -> dict[str, torch.Tenso
                  f"negative {info['seed_overlap_negative']:.3f}")
     for line in training_warnings({"seeds": info}):
         run.log("WARNING " + line)
-    run.finish("seeds", t0, info, tensors={"p": p, "pos": pos, "neg": neg})
+    run.finish("seeds", t0, info, weights=weights, tensors={"p": p, "pos": pos, "neg": neg})
     return run.outputs("seeds")

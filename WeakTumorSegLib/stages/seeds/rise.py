@@ -19,9 +19,7 @@ inside the tumour from 0.43 to 0.81. Trained bundles use it; RISE's own estimato
 of :class:`RiseConfig`.
 
 Decisions where the paper is silent (docs/method.md): maps are computed at the classifier's resolution (the
-patch upsampled x2, as C sees it) and resampled to the patch size; each map is min-max
-normalised per image, and seeds are S+ = e > 0.8, S- = e < 0.2 (the paper's "20 % of the
-maximum and minimum"). Tumour-free images get S+ empty and S- everywhere.
+patch upsampled x2, as C sees it) and resampled to the patch size; :mod:`.gates` turns them into seeds.
 """
 
 from __future__ import annotations
@@ -35,7 +33,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from ..networks.classifiers import inference_copy
+from ...networks.classifiers import inference_copy
 
 
 @dataclass(frozen=True)
@@ -103,24 +101,41 @@ CPU_CHUNK = 16
 
 
 @contextmanager
+def cpu_workers() -> Iterator[Callable]:
+    """``run(fn, items)``, a ``map`` over worker threads for small CPU chunks of forward passes.
+
+    With T > 1 torch threads the items run on T worker threads whose operators are
+    single-threaded (``torch.set_num_threads(1)`` while the context is open, restored after): the
+    thin convolutions of a small chunk split poorly over threads inside one operator. Every item
+    is computed the same way whatever thread runs it, so results do not depend on scheduling;
+    ``fn`` must be safe to call from several threads (a model in eval mode is).
+    """
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield map
+        return
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(threads, thread_name_prefix="seeds") as pool:
+            yield pool.map
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextmanager
 def _masked_scorer(predict: Callable[[torch.Tensor], torch.Tensor],
                    images: torch.Tensor) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
     """``score(masks)``: ``predict(images[i] * masks)`` for every image, ``(n, b)``.
 
     On a GPU each image's masked batch is one forward pass. On a CPU the masked images go
-    through ``predict`` ``CPU_CHUNK`` at a time, and with T > 1 torch threads the chunks run on
-    T worker threads whose operators are single-threaded (``torch.set_num_threads(1)`` while
-    the scorer is open, restored after): the thin convolutions of a small chunk split poorly
-    over threads inside one operator. Every chunk is computed the same way whatever thread runs
-    it, so the scores do not depend on scheduling. ``predict`` must be safe to call from
-    several threads (a model in eval mode is).
+    through ``predict`` ``CPU_CHUNK`` at a time on :func:`cpu_workers`.
     """
     n = len(images)
     if images.device.type != "cpu":
         yield lambda masks: torch.stack([predict(images[i:i + 1] * masks) for i in range(n)])
         return
 
-    def score(masks: torch.Tensor, run: Callable = map) -> torch.Tensor:
+    def score(masks: torch.Tensor, run: Callable) -> torch.Tensor:
         def chunk(unit: tuple[int, int]) -> torch.Tensor:
             i, start = unit
             with torch.inference_mode():
@@ -129,16 +144,8 @@ def _masked_scorer(predict: Callable[[torch.Tensor], torch.Tensor],
         parts = list(run(chunk, [(i, s) for i in range(n) for s in range(0, len(masks), CPU_CHUNK)]))
         return torch.cat(parts).reshape(n, len(masks))
 
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield score
-        return
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(threads, thread_name_prefix="rise") as pool:
-            yield lambda masks: score(masks, pool.map)
-    finally:
-        torch.set_num_threads(threads)
+    with cpu_workers() as run:
+        yield lambda masks: score(masks, run)
 
 
 def rise_maps(predict: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, config: RiseConfig,
@@ -170,76 +177,6 @@ def rise_maps(predict: Callable[[torch.Tensor], torch.Tensor], images: torch.Ten
     if config.centered:
         sal -= (p_sum / config.n_masks)[:, None, None] * coverage
     return (sal / (config.n_masks * config.p1)).float()
-
-
-def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
-    """Min-max normalise each map of ``(N, H, W)`` to [0, 1] (a constant map becomes 0)."""
-    flat = maps.flatten(1)
-    lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
-    return ((flat - lo) / (hi - lo).clamp_min(1e-12)).reshape(maps.shape)
-
-
-def seeds_from_maps(maps: torch.Tensor, positive: float = 0.8, negative: float = 0.2,
-                    labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Binary seeds (S+, S-) from explanation maps, normalised per image first.
-
-    Images with ``labels == 0`` get S+ empty and S- everywhere.
-    """
-    e = normalize_maps(maps)
-    pos, neg = e > positive, e < negative
-    if labels is not None:
-        healthy = (labels == 0).reshape(-1, 1, 1)
-        pos = pos & ~healthy
-        neg = neg | healthy
-    return pos, neg
-
-
-def flair_above_quantile(flair: torch.Tensor, quantile: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(bright, tissue)`` for FLAIR images ``(N, H, W)``: ``tissue`` is FLAIR > 0 and
-    ``bright`` the tissue above the ``quantile`` of that image's tissue values (the value at
-    index ``floor(quantile (n - 1))`` of its sorted tissue pixels)."""
-    if not 0.0 <= quantile < 1.0:
-        raise ValueError(f"a FLAIR quantile must lie in [0, 1), got {quantile}")
-    f = flair.reshape(len(flair), -1).float()
-    tissue = f > 0
-    # per-image quantile over the tissue pixels: sort with background pushed below every tissue value
-    vals = torch.where(tissue, f, torch.full_like(f, -1.0)).sort(dim=1).values
-    n_tissue = tissue.sum(1)
-    first = f.shape[1] - n_tissue  # index of the first tissue value in the sorted row
-    k = (first + (quantile * (n_tissue - 1).clamp_min(0)).floor().long()).clamp(max=f.shape[1] - 1)
-    bright = (f > vals.gather(1, k[:, None])) & tissue
-    return bright.reshape(flair.shape), tissue.reshape(flair.shape)
-
-
-def gate_positive_seeds(pos: torch.Tensor, flair: torch.Tensor, quantile: float | None) -> torch.Tensor:
-    """Keep the positive seeds ``(N, H, W)`` where FLAIR ``(N, H, W)`` exceeds the ``quantile``
-    of that image's non-zero FLAIR pixels (``None``: ``pos`` unchanged).
-
-    Not in the paper: an option for cohorts whose target is the FLAIR abnormality (glioma, oedema),
-    which is hyperintense by definition. RISE's blob of high saliency is about as large as a
-    mask cell and spills over the tumour border; the intensity gate keeps its bright core.
-    On 100 TCGA-LGG tumour slices (8 cells, 200 masks) the share of S+ pixels inside the
-    tumour rose from 0.22 to 0.61 with ``quantile=0.9``. Images without non-zero FLAIR keep
-    no positive seed. Training applies it to S+ and to the refined seeds S+,r.
-    """
-    if quantile is None:
-        return pos
-    return pos & flair_above_quantile(flair, quantile)[0].to(pos.device)
-
-
-def extend_negative_seeds(neg: torch.Tensor, flair: torch.Tensor, quantile: float | None) -> torch.Tensor:
-    """Add to the negative seeds ``(N, H, W)`` the tissue whose FLAIR is at or below the
-    ``quantile`` of that image's non-zero FLAIR (``None``: ``neg`` unchanged).
-
-    Not in the paper; the counterpart of :func:`gate_positive_seeds`: tissue darker than most of the
-    slice is not FLAIR abnormality. RISE leaves a wide undecided ring (0.2 <= e <= 0.8) around
-    its blob that no seed constrains, and the segmenters fill it. Training applies it to the
-    segmenters' S- only (the converter's L_recon stays on RISE's S-).
-    """
-    if quantile is None:
-        return neg
-    bright, tissue = flair_above_quantile(flair, quantile)
-    return neg | (tissue & ~bright).to(neg.device)
 
 
 def classifier_rise(classifier, patches: torch.Tensor, config: RiseConfig,
