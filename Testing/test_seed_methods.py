@@ -19,6 +19,7 @@ from WeakTumorSegLib.networks.classifiers import CompactClassifier, VGG16BNClass
 from WeakTumorSegLib.preprocessing.intensity import PreprocessConfig
 from WeakTumorSegLib.stages.seeds import (SeedSettings, SuperpixelConfig, class_maps, classifier_superpixels,
                                           explanation_maps, fit_attention, superpixel_relevance, superpixels)
+from WeakTumorSegLib.stages.seeds.superpixel import pool_over_superpixels
 from WeakTumorSegLib.stages.seeds.cam import gradcam
 from WeakTumorSegLib.training.presets import resolve_config
 
@@ -106,6 +107,13 @@ def test_superpixel_relevance_finds_the_decisive_superpixel_and_ignores_the_back
     inside = labels[0] == 1
     assert float(rel[0][inside].min()) > 0.9  # the score falls from ~1 to ~0
     assert float(rel[0][~inside].abs().max()) < 1e-6  # other tissue and background: no change
+
+
+def test_pooling_over_superpixels_averages_each_one_and_keeps_the_background_empty():
+    maps = torch.tensor([[[0.0, 1.0, 0.5], [0.2, 0.4, 0.9]]])
+    labels = torch.tensor([[[1, 1, 2], [0, 2, 2]]])
+    pooled = pool_over_superpixels(maps, labels)
+    torch.testing.assert_close(pooled, torch.tensor([[[0.5, 0.5, 0.6], [0.0, 0.6, 0.6]]]))
 
 
 def test_superpixels_cover_the_tissue_only():

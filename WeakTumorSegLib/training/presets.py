@@ -58,7 +58,7 @@ _PAPER = {
     # steps at attention_lr). The rise section's thresholds and FLAIR gates apply to every method
     "seeds": {"method": "rise", "n_segments": 50, "compactness": 0.1, "channel": None, "perturbation": "blank",
               "score": "probability", "sampling": "single", "samples": 100, "seed": 0, "attention_steps": 300,
-              "attention_lr": 0.01},
+              "attention_lr": 0.01, "pool_segments": None},
     "gan": {"width": 64, "latent": 100, "epochs": 100, "batch": 32, "lr": 2e-4, "halve_every": 50,
             "betas": [0.5, 0.999], "real_label": 0.9, "fake_label": 0.1},
     "converter": {"epochs": 200, "batch": 32, "lr": 2e-4, "halve_every": 50, "betas": [0.5, 0.999],

@@ -18,7 +18,7 @@ from ...io.names import SEED_METHODS
 from .cam import class_maps
 from .gates import normalize_maps
 from .rise import RiseConfig, classifier_rise
-from .superpixel import SuperpixelConfig, classifier_superpixels
+from .superpixel import SuperpixelConfig, classifier_superpixels, pool_over_superpixels, superpixels
 
 METHODS = SEED_METHODS
 
@@ -34,6 +34,9 @@ class SeedSettings:
     #: ACAM's attention: Adam steps and learning rate (stages.seeds.cam.fit_attention)
     attention_steps: int = 300
     attention_lr: float = 0.01
+    #: if set, every map is averaged over this many SLIC superpixels of the FLAIR (``superpixel``'s
+    #: compactness) before the thresholds: seeds that follow the image's boundaries (not in the papers)
+    pool_segments: int | None = None
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -51,7 +54,8 @@ class SeedSettings:
                                                 "samples", "seed") if k in seeds}
         return cls(method=method or seeds.get("method", "rise"), rise=RiseConfig(**rise),
                    superpixel=SuperpixelConfig(**sp), attention_steps=int(seeds.get("attention_steps", 300)),
-                   attention_lr=float(seeds.get("attention_lr", 0.01)))
+                   attention_lr=float(seeds.get("attention_lr", 0.01)),
+                   pool_segments=None if seeds.get("pool_segments") is None else int(seeds["pool_segments"]))
 
     @property
     def positive(self) -> float:
@@ -67,7 +71,7 @@ class SeedSettings:
 
     def to_dict(self) -> dict:
         return {"method": self.method, **self.superpixel.to_dict(), "attention_steps": self.attention_steps,
-                "attention_lr": self.attention_lr}
+                "attention_lr": self.attention_lr, "pool_segments": self.pool_segments}
 
 
 def explanation_maps(settings: SeedSettings, classifier, patches: torch.Tensor, flair: int = 0,
@@ -76,7 +80,12 @@ def explanation_maps(settings: SeedSettings, classifier, patches: torch.Tensor, 
     """The seed method's maps ``(N, P, P)`` in [0, 1] (min-max per image) for ``(N, C, P, P)`` patches;
     ``progress(k)`` with ``k`` of :meth:`SeedSettings.work` units done."""
     if settings.method == "rise":
-        return normalize_maps(classifier_rise(classifier, patches, settings.rise, progress))
-    if settings.method == "superpixel":
-        return normalize_maps(classifier_superpixels(classifier, patches, settings.superpixel, flair, progress))
-    return class_maps(classifier, patches, settings.method, attention, progress)
+        maps = normalize_maps(classifier_rise(classifier, patches, settings.rise, progress))
+    elif settings.method == "superpixel":
+        maps = normalize_maps(classifier_superpixels(classifier, patches, settings.superpixel, flair, progress))
+    else:
+        maps = class_maps(classifier, patches, settings.method, attention, progress)
+    if settings.pool_segments:
+        labels = superpixels(patches[:, flair].cpu().numpy(), settings.pool_segments, settings.superpixel.compactness)
+        maps = normalize_maps(pool_over_superpixels(maps, torch.from_numpy(labels)))
+    return maps

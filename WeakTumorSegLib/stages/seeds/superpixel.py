@@ -160,6 +160,22 @@ def superpixel_rise(predict: Callable[[torch.Tensor], torch.Tensor], images: tor
     return relevance
 
 
+def pool_over_superpixels(maps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each map ``(N, H, W)`` replaced by its mean over each superpixel of ``labels`` ``(N, H, W)``
+    (0 on the background, label 0): a map that follows the image's boundaries."""
+    out = torch.zeros_like(maps)
+    labels = labels.to(maps.device).long()
+    for i in range(len(maps)):
+        lab = labels[i].flatten()
+        k = int(lab.max()) + 1
+        sums = torch.zeros(k, dtype=maps.dtype, device=maps.device).index_add_(0, lab, maps[i].flatten())
+        counts = torch.bincount(lab, minlength=k).to(maps.dtype)
+        mean = sums / counts.clamp_min(1)
+        mean[0] = 0
+        out[i] = mean[labels[i]]
+    return out
+
+
 def classifier_superpixels(classifier, patches: torch.Tensor, config: SuperpixelConfig, flair: int = 0,
                            progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """Superpixel relevance of a classifier for ``(N, C, P, P)`` patches (SLIC on channel
