@@ -71,7 +71,7 @@ def _configuration(args, cases, source, device, options, seeds, residual: dict) 
     return {
         "command": "evaluate", "data": str(args.data.resolve()), "patients": [c.id for c in cases],
         "patients_source": source, "device": str(device), "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(), "seeds": options.rise is not None,
+        "platform": platform.platform(), "seeds": options.seeds is not None,
         "rise": seeds.rise.to_dict(), "seed_method": seeds.to_dict(),
         "torch_seed": options.torch_seed, "gate_threshold": settings.gate_threshold,
         "mask_threshold": settings.mask_threshold, "difference_threshold": settings.filter_threshold,

@@ -39,8 +39,8 @@ class EvaluateOptions:
 
     #: the inference settings every patient is segmented with (the bundle's, with the user's overrides)
     settings: InferenceSettings
-    #: RISE settings for the seed overlap metric (None: not computed)
-    rise: SeedSettings | None = None
+    #: the seed method and its settings for the seed overlap metric (None: not computed)
+    seeds: SeedSettings | None = None
     residual_threshold: float | None = None
     residual_threshold_source: str = "not available"
     residual_median: int = 5
@@ -69,7 +69,7 @@ def evaluate_case(bundle: Bundle, case: Case, device: torch.device | str, option
     if have["final"]:
         extra.append(EXTRA_FUSED)
     geometry = case.geometry(volume.geometry)
-    result = segment_arrays(bundle, volume.channels, device, options.settings, seeds=options.rise,
+    result = segment_arrays(bundle, volume.channels, device, options.settings, seeds=options.seeds,
                             geometry=geometry, extra=extra, progress=progress)
     # per-slice figures count the axial slices of the canonical layout, like the result's per-slice outputs
     axial = Reorientation(result.preprocessing.get("orientation") or CANONICAL).to_canonical
@@ -88,7 +88,7 @@ def evaluate_case(bundle: Bundle, case: Case, device: torch.device | str, option
                                                     options.residual_median))
     counts = _counts(masks, truth)
     seeds = None
-    if options.rise is not None:
+    if options.seeds is not None:
         pos, neg = axial(result.positive_seeds).astype(bool), axial(result.negative_seeds).astype(bool)
         seeds = {"positive_voxels": int(pos.sum()), "positive_in_truth": int((pos & truth).sum()),
                  "negative_voxels": int(neg.sum()), "negative_outside_truth": int((neg & ~truth).sum())}
@@ -138,7 +138,7 @@ def build_metrics(evaluations: Sequence[CaseEvaluation], bundle: Bundle, options
     from .. import __version__
 
     have = available_models(bundle.models, options.residual_threshold, options.settings.final_weight)
-    summary = summarise(evaluations, have, options.settings.gate_threshold, options.rise is not None,
+    summary = summarise(evaluations, have, options.settings.gate_threshold, options.seeds is not None,
                         options.filter_thresholds)
     return clean_json({
         "version": __version__,

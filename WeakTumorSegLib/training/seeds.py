@@ -42,7 +42,6 @@ def make_seeds(run: TrainingRun, classifier: nn.Module) -> dict[str, torch.Tenso
     tumour = torch.nonzero(run.y > 0).flatten()
     attention, weights, fit = None, {}, {}
     if settings.method == "acam":  # quick (features once, a few hundred steps): refitted on resume
-        run.seed_stage("seeds")
         attention, fit = fit_attention(classifier, run.x.to(run.device), run.y, settings.attention_steps,
                                        settings.attention_lr, seed=run.seed,
                                        progress=lambda d, t: run.progress("seeds (attention)", d, t))

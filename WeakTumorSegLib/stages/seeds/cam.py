@@ -155,8 +155,9 @@ def fit_attention(classifier: Classifier, x: torch.Tensor, y: torch.Tensor, step
     group = members(classifier)
     feats = [torch.cat([_features(m, x[i:i + CAM_BATCH]) for i in range(0, len(x), CAM_BATCH)]) for m in group]
     gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    attention = AxisAttention(feats[0].shape[1], len(group)).to(x.device)
+    with torch.random.fork_rng(devices=[]):  # seeded initial weights, the caller's random state untouched
+        torch.manual_seed(seed)
+        attention = AxisAttention(feats[0].shape[1], len(group)).to(x.device)
     opt = torch.optim.Adam(attention.parameters(), lr=lr)
     y = y.float().to(x.device)
     for p in classifier.parameters():

@@ -101,8 +101,9 @@ CPU_CHUNK = 16
 
 
 @contextmanager
-def cpu_workers() -> Iterator[Callable]:
-    """``run(fn, items)``, a ``map`` over worker threads for small CPU chunks of forward passes.
+def cpu_workers(device: torch.device | str = "cpu") -> Iterator[Callable]:
+    """``run(fn, items)``, a ``map`` over worker threads for small CPU chunks of forward passes (plain
+    ``map`` on another ``device``, where each chunk is one forward pass anyway).
 
     With T > 1 torch threads the items run on T worker threads whose operators are
     single-threaded (``torch.set_num_threads(1)`` while the context is open, restored after): the
@@ -111,7 +112,7 @@ def cpu_workers() -> Iterator[Callable]:
     ``fn`` must be safe to call from several threads (a model in eval mode is).
     """
     threads = torch.get_num_threads()
-    if threads == 1:
+    if torch.device(device).type != "cpu" or threads == 1:
         yield map
         return
     torch.set_num_threads(1)

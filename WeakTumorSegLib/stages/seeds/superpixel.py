@@ -20,7 +20,6 @@ logit, which does not saturate when several superpixels each suffice for a confi
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -112,7 +111,7 @@ def superpixel_relevance(predict: Callable[[torch.Tensor], torch.Tensor], images
     base = torch.cat([predict(images[i:i + CPU_CHUNK]) for i in range(0, n, CPU_CHUNK)]) if n else torch.zeros(0)
     relevance = torch.zeros(n, h, w, dtype=torch.float32, device=images.device)
     segments = [torch.arange(1, int(labels[i].max()) + 1, device=images.device) for i in range(n)]
-    with cpu_workers() if images.device.type == "cpu" else nullcontext(map) as run:
+    with cpu_workers(images.device) as run:
         for i in range(n):
             parts = [(i, segments[i][s:s + CPU_CHUNK]) for s in range(0, len(segments[i]), CPU_CHUNK)]
             if parts:
@@ -150,7 +149,7 @@ def superpixel_rise(predict: Callable[[torch.Tensor], torch.Tensor], images: tor
         with torch.inference_mode():
             return predict(images[i:i + 1] * m + values[i][None, :, None, None] * (1 - m))
 
-    with cpu_workers() if images.device.type == "cpu" else nullcontext(map) as run:
+    with cpu_workers(images.device) as run:
         for i in range(n):
             scores = _to_score(torch.cat(list(run(chunk, [(i, k) for k in range(0, samples, CPU_CHUNK)]))), score)
             masks = keep[:, labels[i]].reshape(samples, -1).double()
