@@ -1,6 +1,7 @@
 """The final segmenter's label rules and losses against hand computations: which slices get a full
-label, that weakly labelled slices never enter the segmentation loss, Mlynarski et al.'s per-batch
-pixel weights, and Li et al.'s evidential prior and E-step."""
+label, how trusted masks grow over the tumour slices, that weakly labelled slices never enter the
+segmentation loss, Mlynarski et al.'s per-batch pixel weights, and Li et al.'s evidential prior and
+E-step."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from WeakTumorSegLib.stages.final import (
     slice_kinds,
     tile_kinds,
 )
+from WeakTumorSegLib.stages.label_refinement import grow_labels
 from WeakTumorSegLib.stages.partial_labels import UNKNOWN, e_step, em_loss, fit_prior, prior_from_evidence
 
 
@@ -60,6 +62,40 @@ def test_tile_kinds():
     # a tile without tissue is never used
     kind, _ = tile_kinds(kinds, slice_of, masks, np.array([0, 2, 3, 4, 5]), p)
     assert kind[1] == EXCLUDED
+
+
+def grow_case():
+    """A tumour over slices 1-5 (a core of 0.9 with a rim of 0.3 in the fused probability); slices
+    2 and 3 passed the filter with the core as mask; a bright spot of 0.6 lies apart from the tumour
+    on slice 4, another on the tumour-free slice 0; slice 6 is a tumour slice the pipeline missed."""
+    prob = np.zeros((7, 12, 12), np.float32)
+    prob[1:6, 3:9, 3:9] = 0.3
+    prob[2:4, 4:8, 4:8] = 0.9
+    prob[4, 10:12, 10:12] = 0.6
+    prob[0, 4:8, 4:8] = 0.8
+    mask = prob > 0.5
+    kinds = np.array([EMPTY, WEAK, MASKED, MASKED, WEAK, WEAK, WEAK])
+    return prob, mask, kinds
+
+
+def test_grown_labels_cover_the_tumour_slices_connected_to_a_trusted_mask():
+    prob, mask, kinds = grow_case()
+    grown, new_kinds = grow_labels(prob, mask, kinds, 0.2)
+    # the rim and the weak slices 1, 4 and 5 are reached through the trusted masks; slice 6 is not
+    assert new_kinds.tolist() == [EMPTY, MASKED, MASKED, MASKED, MASKED, MASKED, WEAK]
+    assert grown[1:6, 3:9, 3:9].all()
+    # the spot apart from the tumour, the tumour-free slice and the missed slice stay unlabelled
+    assert not grown[4, 10:, 10:].any() and not grown[0].any() and not grown[6].any()
+    assert grown.sum() == 5 * 36
+
+
+def test_grown_labels_stop_at_the_lower_threshold():
+    prob, mask, kinds = grow_case()
+    grown, new_kinds = grow_labels(prob, mask, kinds, 0.5)  # above the rim: only the trusted cores
+    assert (grown == (mask & (kinds == MASKED)[:, None, None])).all()
+    assert new_kinds.tolist() == kinds.tolist()
+    with pytest.raises(ValueError, match="shapes differ"):
+        grow_labels(prob[:3], mask, kinds, 0.2)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,8 +17,10 @@ The tiles and their kinds come from :mod:`.final_data`. ``final.trainer`` picks 
   pass over every tile after each epoch: the same rule, one forward pass cheaper, and a resumed run
   needs no stored soft labels.
 
-With ``final.rounds`` 2, the round-1 network relabels every tumour tile; a tile keeps a full label
-(the network's mask) where that mask and the fused pipeline's agree (2D Dice at least
+With ``final.grow`` set, the trusted masks first grow into the fused probability above it,
+3D-connected, on the tumour slices (:mod:`WeakTumorSegLib.stages.label_refinement`). With
+``final.rounds`` 2, the round-1 network relabels every tumour tile; a tile keeps a full label (the
+network's mask) where that mask and the fused pipeline's agree (2D Dice at least
 ``final.agreement``), and round 2 trains a new network on those labels. Every round augments its
 batches with :class:`~WeakTumorSegLib.stages.augmentation.SiteAugmentation` (the labels follow the
 geometry) when ``final.augment`` is true.
@@ -106,7 +108,7 @@ def train_final(run: TrainingRun, bundle: Bundle, cases: list[Case],
     run.log(f"{STAGE}: labelling {len(cases)} patients with the fused pipeline"
             + (f", {len(annotations)} of them with their reviewed exports" if annotations else ""))
     tiles = collect_tiles(bundle, cases, run.device, int(run.config["data"].get("erosion", 0)), trainer == "em",
-                          lambda d, t: run.progress("final labels", d, t), annotations)
+                          lambda d, t: run.progress("final labels", d, t), annotations, c.get("grow"))
     info = {"trainer": trainer, "rounds": int(c.get("rounds", 1)), "patients": len(cases),
             "annotated_patients": sorted(annotations), "labels": {"round1": label_report(run, tiles)}}
     model = train_round(run, tiles, model, c, trainer, bundle, "_round1")

@@ -27,6 +27,7 @@ from ..inference.pipeline import classify, prepare, segment_arrays
 from ..metrics import dice_from_counts
 from ..preprocessing.orientation import Reorientation
 from ..stages.final import EMPTY, EXCLUDED, KIND_NAMES, MASKED, WEAK, slice_kinds, tile_kinds
+from ..stages.label_refinement import grow_labels
 
 
 @dataclass
@@ -95,9 +96,11 @@ def annotated_kinds(annotation: Annotation, case: Case, code: str, erosion: int)
 
 
 def case_tiles(bundle: Bundle, case: Case, device: torch.device, erosion: int, with_em: bool,
-               annotation: Annotation | None = None) -> dict:
+               annotation: Annotation | None = None, grow: float | None = None) -> dict:
     """One patient's tiles, kinds and labels (see the module docstring); with ``annotation`` the
-    reviewed export gives them instead of the fused pipeline (:func:`annotated_kinds`)."""
+    reviewed export gives them instead of the fused pipeline (:func:`annotated_kinds`). With
+    ``grow``, the pipeline's trusted masks grow into its probability above ``grow``
+    (:func:`~WeakTumorSegLib.stages.label_refinement.grow_labels`); a reviewer's never do."""
     volume = read_channels({c: case.channels[c] for c in bundle.channels})
     geometry = case.geometry(volume.geometry)
     settings = bundle.settings()
@@ -113,14 +116,19 @@ def case_tiles(bundle: Bundle, case: Case, device: torch.device, erosion: int, w
         kinds, given = slice_kinds(labels, res.tumor_pixels, res.flagged), res.mask
     else:
         kinds, given = annotated_kinds(annotation, case, code, erosion)
-    mask = _tiles_of(vol, given.astype(np.float32), np.float32) > 0.5
+    proposal = _tiles_of(vol, given.astype(np.float32), np.float32) > 0.5
+    mask = proposal
+    if grow is not None and annotation is None:
+        grown, kinds = grow_labels(vol.std.working(res.probability), vol.std.working(given.astype(np.float32)) > 0.5,
+                                   kinds, grow)
+        mask = vol.tiling.extract(grown[:, None].astype(np.float32))[:, 0] > 0.5
     with torch.inference_mode():
         p = classify(bundle.models["classifier"], vol, settings, device, lambda *a: None)
     kind, label = tile_kinds(kinds, vol.tiling.slice_of(), mask, vol.tissue, p)
     keep = np.flatnonzero(kind != EXCLUDED)
     out = {"x": vol.patches[keep], "kind": kind[keep], "label": label[keep],
            "mask": (mask[keep] & (kind[keep] == MASKED)[:, None, None]).astype(np.uint8),
-           "proposal": mask[keep].astype(np.uint8), "reviewed": np.full(len(keep), annotation is not None),
+           "proposal": proposal[keep].astype(np.uint8), "reviewed": np.full(len(keep), annotation is not None),
            "slice_index": vol.tiling.slice_of()[keep].astype(np.int32)}
     if with_em:
         out["fused"] = _tiles_of(vol, res.probability, np.float16)[keep]
@@ -134,12 +142,12 @@ def case_tiles(bundle: Bundle, case: Case, device: torch.device, erosion: int, w
 
 def collect_tiles(bundle: Bundle, cases: Sequence[Case], device: torch.device, erosion: int = 0,
                   with_em: bool = False, progress: Callable[[int, int], None] | None = None,
-                  annotations: Mapping[str, Annotation] | None = None) -> FinalTiles:
+                  annotations: Mapping[str, Annotation] | None = None, grow: float | None = None) -> FinalTiles:
     """:func:`case_tiles` of every case (with its reviewed export from ``annotations``, keyed by
-    patient id, where it has one), concatenated."""
+    patient id, where it has one, and the pipeline's masks grown above ``grow``), concatenated."""
     parts, ids = [], []
     for i, case in enumerate(cases):
-        part = case_tiles(bundle, case, device, erosion, with_em, (annotations or {}).get(case.id))
+        part = case_tiles(bundle, case, device, erosion, with_em, (annotations or {}).get(case.id), grow)
         if part:
             part["patient"] = np.full(len(part["kind"]), len(ids), np.int32)
             parts.append(part)
