@@ -89,17 +89,19 @@ def test_segment_gates_on_the_smoothed_probability():
     np.testing.assert_array_equal(off.mask, plain.mask)
 
 
-def test_shipped_bundles_smooth_and_segment_records_it(tmp_path):
-    """The shipped bundles' 0.25 reaches ``segment``: on the sample patient the slices' p_tumor
-    jump less from slice to slice than without smoothing."""
+def test_smoothing_reaches_segment_and_segment_records_it(tmp_path):
+    """``--slice-smoothing 0.25`` reaches ``segment``: on the sample patient the slices' p_tumor
+    jump less from slice to slice than with the shipped bundles' setting, which is now 0 (on unseen
+    patients of the inner folds smoothing did not raise the Dice; docs/options.md)."""
     for name in ("tcga-lgg-default", "tcga-lgg-flair"):
-        assert Bundle.load(MODELS_DIR / name).settings().slice_smoothing == 0.25
+        assert Bundle.load(MODELS_DIR / name).settings().slice_smoothing == 0.0
     reports, p_tumor = {}, {}
-    for label, extra in (("bundle", []), ("off", ["--slice-smoothing", "0"])):
+    for label, extra in (("smooth", ["--slice-smoothing", "0.25"]), ("bundle", [])):
         reports[label] = segment_sample(tmp_path / label, *extra)[2]
         with open(tmp_path / label / f"{SAMPLE.name}_flair_slices.csv", newline="") as fh:
             p_tumor[label] = np.array([float(r["p_tumor"]) for r in csv.DictReader(fh)])
-    assert reports["bundle"]["slice_smoothing"] == 0.25 and reports["bundle"]["slice_smoothing_source"] == "bundle"
-    assert reports["off"]["slice_smoothing"] == 0.0 and reports["off"]["slice_smoothing_source"] == "--slice-smoothing"
+    assert reports["smooth"]["slice_smoothing"] == 0.25
+    assert reports["smooth"]["slice_smoothing_source"] == "--slice-smoothing"
+    assert reports["bundle"]["slice_smoothing"] == 0.0 and reports["bundle"]["slice_smoothing_source"] == "bundle"
     jumps = {label: float(np.abs(np.diff(p)).sum()) for label, p in p_tumor.items()}
-    assert jumps["bundle"] < 0.95 * jumps["off"], jumps
+    assert jumps["smooth"] < 0.95 * jumps["bundle"], jumps
