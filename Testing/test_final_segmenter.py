@@ -146,3 +146,48 @@ def test_export_on_another_grid_is_refused_before_training(trained, tmp_path):
     assert "p02_flair_mask.nii.gz" in lines[0] and "voxel grid" in lines[0]
     assert not out.exists()
     shutil.rmtree(tmp_path / "improved.run", ignore_errors=True)
+
+
+def test_segmenter_ensemble_averages_its_members():
+    import torch
+
+    from WeakTumorSegLib.networks.ensemble import SegmenterEnsemble
+    from WeakTumorSegLib.networks.registry import build
+
+    torch.manual_seed(0)
+    ens = build("segmenter_ensemble", {"architecture": "unet_mixed", "members": 3,
+                                       "kwargs": {"in_channels": 2, "out_channels": 1, "width": 4, "latent": 8,
+                                                  "hidden": 8}}).eval()
+    x = torch.rand(2, 2, 128, 128)
+    with torch.no_grad():
+        outs = [m(x, with_logit=True) for m in ens.members]
+        prob, logit = ens(x, with_logit=True)
+        torch.testing.assert_close(ens(x), torch.stack([o[0] for o in outs]).mean(0))
+    torch.testing.assert_close(prob, torch.stack([o[0] for o in outs]).mean(0))
+    torch.testing.assert_close(logit, torch.stack([o[1] for o in outs]).mean(0))
+    assert not torch.allclose(outs[0][0], outs[1][0])  # the members start from different weights
+    with pytest.raises(ValueError, match="at least one member"):
+        SegmenterEnsemble("unet", {}, 0)
+    with pytest.raises(ValueError, match="must be one of"):
+        SegmenterEnsemble("vgg16_bn", {}, 2)
+
+
+def test_final_ensemble_trains_on_top_of_a_bundle_and_segments_unseen_phantoms(trained, tmp_path):
+    config = tmp_path / "ensemble.json"
+    config.write_text(json.dumps({**CONFIG, "final": {**CONFIG["final"], "members": 2}}))
+    out = tmp_path / "ensemble"
+    proc = run_cli("train", "--from-bundle", trained["bundle"], "--data", trained["cohort"], "--out", out,
+                   "--preset", "tiny", "--config", config, "--device", "cpu", "--threads", "2", "--progress", "none",
+                   timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    spec = json.loads((out / "bundle.json").read_text())["models"]["final"]
+    assert spec["architecture"] == "segmenter_ensemble" and spec["kwargs"]["members"] == 2
+    assert not list((Path(str(out) + ".run") / "stages" / "final").glob("checkpoint*"))  # cleaned up when done
+    evaluation = tmp_path / "eval"
+    proc = run_cli("evaluate", "--bundle", out, "--data", trained["cohort"], "--no-seeds", "--final-weight", "1",
+                   "--out", evaluation, "--device", "cpu", "--progress", "none")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = json.loads((evaluation / "metrics.json").read_text())["segmentation"]["final"]
+    # measured 0.69 against the single network's 0.87: averaging members that disagree shrinks the
+    # mask, as on TCGA-LGG (docs/experiments.md); the ensemble still lands on the unseen tumours
+    assert final["volumes"] == 2 and final["per_volume_3d"] >= 0.6, final

@@ -8,7 +8,9 @@ Refinements measured (none changes a tumour-free slice's empty label):
   (FLAIR at least the ``--quantile`` quantile of the patient's FLAIR inside its masks);
 * ``flagged_kept``: the fused mask also on tumour slices the filter flagged (more labels, worse ones);
 * ``neighbours``: a weak tumour slice between two masked slices of the same patient gets the
-  intersection of their masks.
+  intersection of their masks;
+* ``grown_<p>`` (``--grow``): the stage's own refinement, ``final.grow`` = p
+  (:func:`WeakTumorSegLib.stages.label_refinement.grow_labels`), one labelling per value.
 
 Uses the training patients of the bundle (its split) and their masks, for measurement only::
 
@@ -78,6 +80,7 @@ def main() -> None:
     ap.add_argument("--bundle", type=Path, required=True)
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--quantile", type=float, default=0.25)
+    ap.add_argument("--grow", default="", help="comma-separated final.grow values to measure (e.g. 0.4,0.2)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -97,6 +100,9 @@ def main() -> None:
            "flair_growth": quality(flair_growth(tiles, flair, args.quantile), masked, tiles.truth)}
     m, lab = neighbours(tiles)
     out["neighbours"] = quality(m, lab, tiles.truth)
+    for value in (float(v) for v in args.grow.split(",") if v.strip()):
+        grown = collect_tiles(bundle, cases, torch.device("cpu"), grow=value)
+        out[f"grown_{value:g}"] = quality(grown.mask, (grown.kind == MASKED) & (grown.label == 1), grown.truth)
     print(json.dumps(out, indent=2))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")

@@ -9,6 +9,7 @@ from torch import nn
 from .attention import AxisAttention
 from .classifiers import ClassifierEnsemble, CompactClassifier, VGG16BNClassifier
 from .dcgan import Discriminator, Encoder, Generator, UNet
+from .ensemble import SegmenterEnsemble
 from .mixed import MixedUNet
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {
@@ -20,6 +21,7 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     "encoder": Encoder,
     "unet": UNet,
     "unet_mixed": MixedUNet,
+    "segmenter_ensemble": SegmenterEnsemble,
     "axis_attention": AxisAttention,
 }
 

@@ -17,13 +17,16 @@ The tiles and their kinds come from :mod:`.final_data`. ``final.trainer`` picks 
   pass over every tile after each epoch: the same rule, one forward pass cheaper, and a resumed run
   needs no stored soft labels.
 
-With ``final.grow`` set, the trusted masks first grow into the fused probability above it,
-3D-connected, on the tumour slices (:mod:`WeakTumorSegLib.stages.label_refinement`). With
-``final.rounds`` 2, the round-1 network relabels every tumour tile; a tile keeps a full label (the
-network's mask) where that mask and the fused pipeline's agree (2D Dice at least
-``final.agreement``), and round 2 trains a new network on those labels. Every round augments its
-batches with :class:`~WeakTumorSegLib.stages.augmentation.SiteAugmentation` (the labels follow the
-geometry) when ``final.augment`` is true.
+With ``final.members`` above 1 the final network is an ensemble
+(:class:`~WeakTumorSegLib.networks.ensemble.SegmenterEnsemble`) whose members train one after
+another on the same labels, each with its own initial weights and data order. With ``final.grow``
+set, the trusted masks first grow into the fused probability above it, 3D-connected, on the tumour
+slices (:mod:`WeakTumorSegLib.stages.label_refinement`). With ``final.rounds`` 2, the round-1
+network relabels every tumour tile; a tile keeps a full label (the network's mask) where that mask
+and the fused pipeline's agree (2D Dice at least ``final.agreement``), and round 2 trains a new
+network on those labels. Every round augments its batches with
+:class:`~WeakTumorSegLib.stages.augmentation.SiteAugmentation` (the labels follow the geometry) when
+``final.augment`` is true.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from ..errors import InputError
 from ..io.annotations import check_export, match_annotations, read_annotations
 from ..io.cohort import Case
 from ..metrics import per_slice_dice
+from ..networks.ensemble import SegmenterEnsemble
 from ..networks.registry import build
 from ..stages.augmentation import SiteAugmentation
 from ..stages.final import EMPTY, MASKED, TRAINERS, WEAK, mixed_loss
@@ -60,12 +64,15 @@ STAGE = "final"
 
 
 def final_architecture(config: Mapping, n_channels: int) -> tuple[str, dict]:
-    """``(architecture, kwargs)`` of the final network for ``config["final"]``."""
+    """``(architecture, kwargs)`` of the final network for ``config["final"]`` (an ensemble of
+    ``final.members`` such networks when it is above 1)."""
     c = config["final"]
     kwargs = {"in_channels": n_channels, "out_channels": 1, "width": c["width"], "latent": c["latent"]}
-    if c["trainer"] == "mixed":
-        return "unet_mixed", {**kwargs, "hidden": c["hidden"]}
-    return "unet", kwargs
+    arch = ("unet_mixed", {**kwargs, "hidden": c["hidden"]}) if c["trainer"] == "mixed" else ("unet", kwargs)
+    members = int(c.get("members", 1))
+    if members > 1:
+        return "segmenter_ensemble", {"architecture": arch[0], "kwargs": arch[1], "members": members}
+    return arch
 
 
 def final_cases(run: TrainingRun, cases: list[Case], trained_on: set[str]) -> tuple[list[Case], dict]:
@@ -111,19 +118,37 @@ def train_final(run: TrainingRun, bundle: Bundle, cases: list[Case],
                           lambda d, t: run.progress("final labels", d, t), annotations, c.get("grow"))
     info = {"trainer": trainer, "rounds": int(c.get("rounds", 1)), "patients": len(cases),
             "annotated_patients": sorted(annotations), "labels": {"round1": label_report(run, tiles)}}
-    model = train_round(run, tiles, model, c, trainer, bundle, "_round1")
+    model = train_members(run, tiles, model, c, trainer, bundle, "_round1")
     for r in range(2, int(c.get("rounds", 1)) + 1):
         tiles = relabel(run, tiles, model, float(c["agreement"]))
         info["labels"][f"round{r}"] = label_report(run, tiles)
         run.seed_stage(STAGE)
-        model = train_round(run, tiles, build(*arch).to(run.device), c, trainer, bundle, f"_round{r}")
+        model = train_members(run, tiles, build(*arch).to(run.device), c, trainer, bundle, f"_round{r}")
     full = np.flatnonzero(tiles.kind != WEAK)
     recalibrate_batchnorm(model, torch.from_numpy(tiles.x[full]), int(c["batch"]), run.device)
     info["architecture"] = arch[0]
     run.finish(STAGE, t0, info, {STAGE: model})
     for r in range(1, int(c.get("rounds", 1)) + 1):
-        remove_checkpoint(run.stage_dir(STAGE) / f"checkpoint_round{r}")
+        for tag in _member_tags(f"_round{r}", model):
+            remove_checkpoint(run.stage_dir(STAGE) / f"checkpoint{tag}")
     return model.eval(), info
+
+
+def _member_tags(tag: str, model: nn.Module) -> list[str]:
+    """The checkpoint and log tag of each member of ``model`` in the round tagged ``tag``."""
+    if isinstance(model, SegmenterEnsemble):
+        return [f"{tag}_member{k}" for k in range(len(model.members))]
+    return [tag]
+
+
+def train_members(run: TrainingRun, tiles: FinalTiles, model: nn.Module, c: Mapping, trainer: str, bundle: Bundle,
+                  tag: str) -> nn.Module:
+    """One round: :func:`train_round` on ``model``, or on each of its members in turn, each with its
+    own data order (its initial weights differ already)."""
+    members = list(model.members) if isinstance(model, SegmenterEnsemble) else [model]
+    for k, (member, part) in enumerate(zip(members, _member_tags(tag, model))):
+        train_round(run, tiles, member, c, trainer, bundle, part, k)
+    return model.eval()
 
 
 def label_report(run: TrainingRun, tiles: FinalTiles) -> dict:
@@ -189,8 +214,9 @@ def em_targets(run: TrainingRun, tiles: FinalTiles, bundle: Bundle, c: Mapping) 
 
 
 def train_round(run: TrainingRun, tiles: FinalTiles, model: nn.Module, c: Mapping, trainer: str, bundle: Bundle,
-                tag: str) -> nn.Module:
-    """One round of the final network's training with ``trainer`` (module docstring)."""
+                tag: str, member: int = 0) -> nn.Module:
+    """One round of the final network's training with ``trainer`` (module docstring); ``member``
+    > 0 gives an ensemble member its own data order and augmentation."""
     x = torch.from_numpy(tiles.x)
     masks = torch.from_numpy(tiles.mask.astype(np.float32))
     labels = torch.from_numpy(tiles.label.astype(np.float32))
@@ -214,8 +240,8 @@ def train_round(run: TrainingRun, tiles: FinalTiles, model: nn.Module, c: Mappin
     opt = torch.optim.Adam(model.parameters(), lr=float(c["lr"]), betas=tuple(c["betas"]))
     sched = torch.optim.lr_scheduler.StepLR(opt, halve, 0.5)
     aug = SiteAugmentation() if c.get("augment", True) else None
-    run.seed_rank(STAGE)
-    gen = torch.Generator().manual_seed(run.seed * 7919 + len(tag))
+    run.seed_rank(STAGE, member)
+    gen = torch.Generator().manual_seed(run.seed * 7919 + len(tag) + 104729 * member)
 
     def draw(idx: torch.Tensor) -> torch.Tensor:
         ids = pool[idx.numpy()]
@@ -251,7 +277,7 @@ def train_round(run: TrainingRun, tiles: FinalTiles, model: nn.Module, c: Mappin
         return {"loss": loss.item(), **parts}
 
     train_epochs(run, STAGE, {STAGE: model}, {STAGE: opt}, {"step": sched}, epochs, len(pool), batch, step,
-                 validation(run, model, bundle), tag=tag)
+                 validation(run, model, bundle), tag=tag, member=member)
     return model.eval()
 
 

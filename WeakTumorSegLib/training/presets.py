@@ -83,12 +83,13 @@ _PAPER = {
     # (self-training), 'mixed' (Mlynarski et al.'s mixed supervision: batches of k masked, m empty and
     # n weak tiles, pixel weights t0 / t1, loss weight a) or 'em' (Li et al.'s EM-regularised partial
     # labels, weight lam; prior fitted on prior_pixels known pixels in prior_steps steps); grow: the
-    # trusted masks grow into the fused probability above it (stages.label_refinement); rounds 2
+    # trusted masks grow into the fused probability above it (stages.label_refinement); members:
+    # that many networks trained one after another, their maps averaged; rounds 2
     # relabels the tumour tiles with round 1's network where it agrees with the fused mask
-    "final": {"trainer": None, "grow": None, "rounds": 1, "agreement": 0.7, "width": 16, "latent": 100, "hidden": 64,
-              "epochs": 16, "batch": 16, "lr": 1e-3, "halve_every": 8, "betas": [0.9, 0.999], "min_steps": 600,
-              "augment": True, "balanced": True, "t0": 0.7, "t1": 0.3, "a": 0.7, "k": 8, "m": 4, "n": 8, "lam": 1.0,
-              "prior_steps": 600, "prior_pixels": 200000},
+    "final": {"trainer": None, "members": 1, "grow": None, "rounds": 1, "agreement": 0.7, "width": 16, "latent": 100,
+              "hidden": 64, "epochs": 16, "batch": 16, "lr": 1e-3, "halve_every": 8, "betas": [0.9, 0.999],
+              "min_steps": 600, "augment": True, "balanced": True, "t0": 0.7, "t1": 0.3, "a": 0.7, "k": 8, "m": 4,
+              "n": 8, "lam": 1.0, "prior_steps": 600, "prior_pixels": 200000},
     # the bundle's inference section (bundle.settings.InferenceSettings); the last four steps are
     # not in the paper and off here; the shipped TCGA-LGG bundles set 12 / 0.25 / 0.9 / 0.5
     "inference": {"stride": 64, "gate_threshold": 0.5, "mask_threshold": 0.5, "filter_threshold": 0.2,
@@ -206,6 +207,9 @@ def resolve_config(preset: str = "default", config_file: str | Path | None = Non
     trainer = (config.get("final") or {}).get("trainer")
     if trainer is not None and trainer not in TRAINERS:
         raise InputError(f"final.trainer must be null or one of {', '.join(TRAINERS)}, got {trainer!r}", config_file)
+    members = (config.get("final") or {}).get("members", 1)
+    if not _whole_number(members):
+        raise InputError(f"final.members must be a whole number of at least 1, got {members!r}", config_file)
     grow = (config.get("final") or {}).get("grow")
     if grow is not None and (isinstance(grow, bool) or not isinstance(grow, (int, float)) or not 0 < grow < 1):
         raise InputError(f"final.grow must be null or a probability between 0 and 1, got {grow!r}", config_file)
