@@ -676,7 +676,8 @@ def test_resolve_config_kwargs_replaced_whole(tmp_path):
 @pytest.mark.parametrize("key, value", [(("classifier", "members"), v) for v in (0, -1, 2.5, "3", True)]
                          + [(("converter", "disc_width"), v) for v in (0, -4, 2.5, "24", True)]
                          + [(("classifier", "augment"), v) for v in ("rotate", 1, None)]
-                         + [(("final", "grow"), v) for v in (0, 1, -0.2, "0.2", True)])
+                         + [(("final", "grow"), v) for v in (0, 1, -0.2, "0.2", True)]
+                         + [(("final", "members"), v) for v in (0, 2.5, "3", True)])
 def test_resolve_config_bad_value_is_refused_naming_the_file(key, value, tmp_path):
     from WeakTumorSegLib.errors import InputError
     from WeakTumorSegLib.training.presets import resolve_config

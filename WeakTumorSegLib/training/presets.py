@@ -91,7 +91,8 @@ _PAPER = {
               "min_steps": 600, "augment": True, "balanced": True, "t0": 0.7, "t1": 0.3, "a": 0.7, "k": 8, "m": 4,
               "n": 8, "lam": 1.0, "prior_steps": 600, "prior_pixels": 200000},
     # the bundle's inference section (bundle.settings.InferenceSettings); the last four steps are
-    # not in the paper and off here; the shipped TCGA-LGG bundles set 12 / 0.25 / 0.9 / 0.5
+    # not in the paper and off here; the shipped TCGA-LGG bundles set null / 0 / 0 / 0.5 (until
+    # 2026-12-06 12 / 0.25 / 0.9 / 0.5; docs/options.md)
     "inference": {"stride": 64, "gate_threshold": 0.5, "mask_threshold": 0.5, "filter_threshold": 0.2,
                   "undecided_margin": 0.1, "batch_size": 32, "scalp_margin_mm": None, "slice_smoothing": 0.0,
                   "flair_trim": 0.0, "keep_components": 0.0, "final_weight": 1.0},
