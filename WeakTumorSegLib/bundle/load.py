@@ -24,9 +24,11 @@ from .info import BUNDLE_FILE, BundleInfo, read_bundle_config, sha256_file
 
 #: Networks an inference bundle must contain.
 INFERENCE_MODELS = ("classifier", "converter", "segmenter_us", "segmenter_os")
+#: Networks the seeds need besides the classifier when a bundle has them: ACAM's attention.
+SEED_MODELS = ("attention",)
 #: Networks inference uses when a bundle has them: the final segmenter, trained on the fused
-#: pipeline's filtered masks, makes the main mask; the attention of ACAM seeds.
-OPTIONAL_INFERENCE_MODELS = ("final", "attention")
+#: pipeline's filtered masks, makes the main mask; and the seeds' networks.
+OPTIONAL_INFERENCE_MODELS = ("final", *SEED_MODELS)
 
 
 class Bundle(BundleInfo):
@@ -42,10 +44,7 @@ class Bundle(BundleInfo):
 
     def rise(self, n_masks: int | None = None) -> RiseConfig:
         """The bundle's RISE settings (``n_masks``, when given, replaces its number of masks)."""
-        rise = dict(self.config.get("rise", {}))
-        if n_masks is not None:
-            rise["n_masks"] = int(n_masks)
-        return RiseConfig(**rise)
+        return self.seeds(n_masks=n_masks).rise
 
     def seeds(self, method: str | None = None, n_masks: int | None = None) -> SeedSettings:
         """The bundle's seed settings (``method`` and RISE's ``n_masks``, when given, replace its own)."""

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import BundleError
 from .info import BUNDLE_FILE, FORMAT_VERSION, WEIGHT_DTYPE_NAMES, sha256_file
-from .load import INFERENCE_MODELS, Bundle, load_model
+from .load import INFERENCE_MODELS, SEED_MODELS, Bundle, load_model
 
 #: Choices taken where Yoo et al. are ambiguous or silent, recorded in every bundle.
 METHOD_DECISIONS = {
@@ -115,7 +115,7 @@ def pack_bundle(src: str | Path, dst: str | Path, models: Sequence[str] | None =
     root = Path(src)
     bundle = Bundle.load(root)  # checks the JSON, loads and verifies the inference models
     config, specs = bundle.config, bundle.config["models"]
-    seeds = [m for m in ("attention",) if m in specs]  # ACAM's attention goes with the classifier
+    seeds = [m for m in SEED_MODELS if m in specs]  # they go with the classifier
     keep = list(specs) if models is None else list(dict.fromkeys([*INFERENCE_MODELS, *seeds, *models]))
     unknown = [m for m in keep if m not in specs]
     if unknown:

@@ -129,24 +129,24 @@ def train_final(run: TrainingRun, bundle: Bundle, cases: list[Case],
     info["architecture"] = arch[0]
     run.finish(STAGE, t0, info, {STAGE: model})
     for r in range(1, int(c.get("rounds", 1)) + 1):
-        for tag in _member_tags(f"_round{r}", model):
+        for _, tag in _parts(f"_round{r}", model):
             remove_checkpoint(run.stage_dir(STAGE) / f"checkpoint{tag}")
     return model.eval(), info
 
 
-def _member_tags(tag: str, model: nn.Module) -> list[str]:
-    """The checkpoint and log tag of each member of ``model`` in the round tagged ``tag``."""
+def _parts(tag: str, model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """The networks ``model`` trains (its members, or itself) with the checkpoint and log tag of
+    each in the round tagged ``tag``."""
     if isinstance(model, SegmenterEnsemble):
-        return [f"{tag}_member{k}" for k in range(len(model.members))]
-    return [tag]
+        return [(m, f"{tag}_member{k}") for k, m in enumerate(model.members)]
+    return [(model, tag)]
 
 
 def train_members(run: TrainingRun, tiles: FinalTiles, model: nn.Module, c: Mapping, trainer: str, bundle: Bundle,
                   tag: str) -> nn.Module:
     """One round: :func:`train_round` on ``model``, or on each of its members in turn, each with its
     own data order (its initial weights differ already)."""
-    members = list(model.members) if isinstance(model, SegmenterEnsemble) else [model]
-    for k, (member, part) in enumerate(zip(members, _member_tags(tag, model))):
+    for k, (member, part) in enumerate(_parts(tag, model)):
         train_round(run, tiles, member, c, trainer, bundle, part, k)
     return model.eval()
 

@@ -72,7 +72,12 @@ class FinalTiles:
 
 def _tiles_of(vol, volume_map: np.ndarray, dtype) -> np.ndarray:
     """An input-grid ``(slice, row, column)`` map as the volume's tiles ``(N, P, P)``."""
-    return vol.tiling.extract(vol.std.working(volume_map)[:, None])[:, 0].astype(dtype)
+    return _tile(vol, vol.std.working(volume_map)).astype(dtype)
+
+
+def _tile(vol, working_map: np.ndarray) -> np.ndarray:
+    """A working-grid ``(slice, row, column)`` map as the volume's tiles ``(N, P, P)``."""
+    return vol.tiling.extract(working_map[:, None])[:, 0]
 
 
 def annotated_kinds(annotation: Annotation, case: Case, code: str, erosion: int) -> tuple[np.ndarray, np.ndarray]:
@@ -116,12 +121,11 @@ def case_tiles(bundle: Bundle, case: Case, device: torch.device, erosion: int, w
         kinds, given = slice_kinds(labels, res.tumor_pixels, res.flagged), res.mask
     else:
         kinds, given = annotated_kinds(annotation, case, code, erosion)
-    proposal = _tiles_of(vol, given.astype(np.float32), np.float32) > 0.5
-    mask = proposal
+    given_w = vol.std.working(given.astype(np.float32)) > 0.5
+    proposal = mask = _tile(vol, given_w)
     if grow is not None and annotation is None:
-        grown, kinds = grow_labels(vol.std.working(res.probability), vol.std.working(given.astype(np.float32)) > 0.5,
-                                   kinds, grow)
-        mask = vol.tiling.extract(grown[:, None].astype(np.float32))[:, 0] > 0.5
+        grown, kinds = grow_labels(vol.std.working(res.probability), given_w, kinds, grow)
+        mask = _tile(vol, grown)
     with torch.inference_mode():
         p = classify(bundle.models["classifier"], vol, settings, device, lambda *a: None)
     kind, label = tile_kinds(kinds, vol.tiling.slice_of(), mask, vol.tissue, p)

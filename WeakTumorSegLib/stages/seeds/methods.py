@@ -20,8 +20,6 @@ from .gates import normalize_maps
 from .rise import RiseConfig, classifier_rise
 from .superpixel import SuperpixelConfig, classifier_superpixels, pool_over_superpixels, superpixels
 
-METHODS = SEED_METHODS
-
 
 @dataclass(frozen=True)
 class SeedSettings:
@@ -39,8 +37,8 @@ class SeedSettings:
     pool_segments: int | None = None
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"seeds.method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method not in SEED_METHODS:
+            raise ValueError(f"seeds.method must be one of {', '.join(SEED_METHODS)}, got {self.method!r}")
 
     @classmethod
     def from_config(cls, config: Mapping, method: str | None = None, n_masks: int | None = None) -> "SeedSettings":
