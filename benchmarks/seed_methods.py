@@ -35,7 +35,8 @@ from WeakTumorSegLib.bundle.load import Bundle  # noqa: E402
 from WeakTumorSegLib.io.cohort import discover  # noqa: E402
 from WeakTumorSegLib.preprocessing.intensity import PreprocessConfig  # noqa: E402
 from WeakTumorSegLib.stages.seeds import (SeedSettings, explanation_maps, extend_negative_seeds,  # noqa: E402
-                                          fit_attention, gate_positive_seeds, seeds_from_maps)
+                                          fit_attention, gate_positive_seeds, scoped_levels,
+                                          seeds_from_maps, volume_levels)
 from WeakTumorSegLib.training.slices import load_slices  # noqa: E402
 
 
@@ -58,6 +59,16 @@ def score(pos: np.ndarray, neg: np.ndarray, neg_ext: np.ndarray, truth: np.ndarr
             "negative_fraction": float(neg.mean())}
 
 
+def levels(s, flair: int, rows: np.ndarray, quantile: float | None, scope: str) -> torch.Tensor | None:
+    """The gate levels of ``scope`` for the slices ``rows`` of ``s``, a volume's level taken over all
+    slices of its patient (None for the ``slice`` scope)."""
+    if quantile is None or scope == "slice":
+        return None
+    f = torch.from_numpy(s.x[:, flair])
+    every = scoped_levels(f, quantile, scope, volume_levels(f, torch.from_numpy(s.patient), quantile))
+    return every[torch.from_numpy(rows)]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", required=True)
@@ -66,7 +77,7 @@ def main(argv=None) -> int:
                     help="the bundle's training or validation patients")
     ap.add_argument("--variant", action="append", default=[],
                     help="NAME or NAME=JSON of seeds settings (method, n_segments, compactness, perturbation, "
-                         "score, n_masks); NAME alone is a method with the bundle's settings")
+                         "score, n_masks, flair_gate_scope); NAME alone is a method with the bundle's settings")
     ap.add_argument("--limit", type=int, default=0, help="at most this many tumour slices (0: all)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None)
@@ -90,7 +101,9 @@ def main(argv=None) -> int:
         name, _, js = spec.partition("=")
         extra = json.loads(js) if js else {"method": name}
         cfg = json.loads(json.dumps(bundle.config))
-        cfg.setdefault("seeds", {}).update({k: v for k, v in extra.items() if k != "n_masks"})
+        rise_keys = {"n_masks", "flair_gate_scope"}
+        cfg.setdefault("seeds", {}).update({k: v for k, v in extra.items() if k not in rise_keys})
+        cfg["rise"].update({k: v for k, v in extra.items() if k == "flair_gate_scope"})
         settings = SeedSettings.from_config(cfg, n_masks=extra.get("n_masks"))
         fit_seconds = 0.0
         if settings.method == "acam" and attention is None:
@@ -104,9 +117,11 @@ def main(argv=None) -> int:
         maps = explanation_maps(settings, bundle.models["classifier"], x, flair, attention)
         seconds = time.perf_counter() - t
         pos, neg = seeds_from_maps(maps, settings.positive, settings.negative)
-        f = x[:, flair]
-        pos = gate_positive_seeds(pos, f, settings.rise.positive_flair_quantile)
-        neg_ext = extend_negative_seeds(neg, f, settings.rise.negative_flair_quantile)
+        f, r = x[:, flair], settings.rise
+        pos = gate_positive_seeds(pos, f, r.positive_flair_quantile, levels(s, flair, tumour, r.positive_flair_quantile,
+                                                                            r.flair_gate_scope))
+        neg_ext = extend_negative_seeds(neg, f, r.negative_flair_quantile,
+                                        levels(s, flair, tumour, r.negative_flair_quantile, r.flair_gate_scope))
         results[name] = {**score(pos.numpy(), neg.numpy(), neg_ext.numpy(), truth), "settings": settings.to_dict(),
                          "seconds_per_image": seconds / max(len(x), 1), "attention_fit_seconds": fit_seconds}
         r = results[name]

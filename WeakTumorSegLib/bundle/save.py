@@ -30,7 +30,9 @@ METHOD_DECISIONS = {
                       "min-max, less noise); false gives RISE's sum_i p_i M_i / (N p1)",
     "seed_flair_gates": "rise.positive_flair_quantile: S+ and S+,r also need FLAIR above that quantile of the "
                         "image's non-zero FLAIR; rise.negative_flair_quantile: tissue at or below it joins the "
-                        "segmenters' S- (the converter keeps RISE's S-) (not in the paper; null = the paper's seeds)",
+                        "segmenters' S- (the converter keeps RISE's S-) (not in the paper; null = the paper's seeds); "
+                        "rise.flair_gate_scope: the quantiles of each slice's or each patient's tissue; "
+                        "rise.negative_flair_map: that tissue only where the normalised map is below it",
     "classifier_augmentation": "classifier.augment: 'flip' mirrors each training image left-right with "
                                "probability 0.5; 'site' adds rotation, zoom, gamma, contrast and bias field "
                                "(not in the paper; 'none' = the paper)",

@@ -52,7 +52,7 @@ from ..preprocessing.tiling import Tiling
 from ..stages.difference_filter import flag_slices, mean_in_mask
 from ..stages.fusion import fuse, smooth_across_slices
 from ..stages.seeds import (RiseConfig, SeedSettings, explanation_maps, extend_negative_seeds,
-                           gate_positive_seeds)
+                           gate_positive_seeds, scoped_levels, volume_levels)
 from .checks import out_of_distribution, possible_miss
 from .postprocess import postprocess
 from .result import SegmentationResult
@@ -214,10 +214,23 @@ def seed_masks(classifier: torch.nn.Module, vol: Prepared, gated: np.ndarray, ga
 
         flair_g = torch.from_numpy(vol.patches[gated, vol.flair])
         nothing = torch.zeros(flair_g.shape, dtype=torch.bool)
+
+        def levels(q: float) -> torch.Tensor | None:  # rise.flair_gate_scope; the volume is the whole input's
+            if rise.flair_gate_scope == "slice":
+                return None
+            work = torch.from_numpy(vol.work[:, vol.flair])
+            whole = volume_levels(work, torch.zeros(len(work), dtype=torch.long), q)[:1].expand(len(flair_g))
+            return scoped_levels(flair_g, q, rise.flair_gate_scope, whole)
+
         if rise.positive_flair_quantile is not None:
-            pos &= on_input(gate_positive_seeds(~nothing, flair_g, rise.positive_flair_quantile))
+            q = rise.positive_flair_quantile
+            pos &= on_input(gate_positive_seeds(~nothing, flair_g, q, levels(q)))
         if rise.negative_flair_quantile is not None:
-            neg |= covered & on_input(extend_negative_seeds(nothing, flair_g, rise.negative_flair_quantile))
+            q = rise.negative_flair_quantile
+            dark = extend_negative_seeds(nothing, flair_g, q, levels(q))
+            if rise.negative_flair_map is not None:
+                dark &= torch.from_numpy(emaps[gated] < rise.negative_flair_map)
+            neg |= covered & on_input(dark)
     say("seeds", total, total)
     return pos.astype(np.uint8), neg.astype(np.uint8)
 

@@ -15,6 +15,7 @@ from torch import nn
 from ..metrics import seed_overlap
 from ..stages.refinement import RefineConfig, refine_seeds
 from ..stages.seeds import gate_positive_seeds
+from .seeds import gate_levels
 
 if TYPE_CHECKING:
     from .run import TrainingRun
@@ -41,8 +42,10 @@ def refine(run: TrainingRun, classifier: nn.Module, s0: nn.Module, seeds: Mappin
                               progress=lambda d, t: run.progress("refine", d, t))
         # the positive-seed gate applies to the refined seeds too; an image it leaves without
         # any refined seed drops out of X_C,r (S_OS would learn an empty mask on a tumour)
-        gated = gate_positive_seeds(torch.from_numpy(result.seeds), run.x[idx, run.flair],
-                                    run.config["rise"].get("positive_flair_quantile"))
+        q = run.config["rise"].get("positive_flair_quantile")
+        levels = gate_levels(run, q)
+        gated = gate_positive_seeds(torch.from_numpy(result.seeds), run.x[idx, run.flair], q,
+                                    None if levels is None else levels[idx])
         pos_r[idx] = gated.to(torch.uint8)
         xcr[idx] = torch.from_numpy(result.accepted) & gated.flatten(1).any(1)
         info.update({"components": int(result.n_components.sum()), "accepted": int(result.n_accepted.sum()),

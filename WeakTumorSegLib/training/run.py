@@ -209,7 +209,7 @@ class TrainingRun:
         gen = train_gan(self)
         converter = train_converter(self, gen, seeds)
         x_hat = healthy_variants(self, converter)
-        neg = segmenter_negative_seeds(self, seeds["neg"])
+        neg = segmenter_negative_seeds(self, seeds)
         s0 = train_segmenter(self, "segmenter0", np.ones(len(self.x), bool), seeds["pos"], neg, x_hat, classifier)
         refined = refine(self, classifier, s0, seeds)
         xcr = refined["x_c_r"].bool().numpy()

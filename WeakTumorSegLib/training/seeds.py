@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from ..metrics import seed_overlap
-from ..stages.seeds import SeedSettings, explanation_maps, fit_attention, gate_positive_seeds, seeds_from_maps
+from ..stages.seeds import (SeedSettings, explanation_maps, fit_attention, gate_positive_seeds, normalize_maps,
+                           scoped_levels, seeds_from_maps, volume_levels)
 from ..stages.seeds.cam import untrained_attention
 from .checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 from .quality import training_warnings
@@ -27,10 +28,22 @@ def seed_attention(run: TrainingRun, classifier: nn.Module) -> nn.Module | None:
     return run.load_weights("seeds", "attention", untrained_attention(classifier))
 
 
+def gate_levels(run: TrainingRun, quantile: float | None) -> torch.Tensor | None:
+    """Per training slice, the FLAIR level of a seed gate's ``quantile`` for ``rise.flair_gate_scope``,
+    the volume's level taken over its patient's slices; None for the ``slice`` scope (each slice's
+    own quantile)."""
+    scope = run.config["rise"].get("flair_gate_scope", "slice")
+    if quantile is None or scope == "slice":
+        return None
+    flair = run.x[:, run.flair]
+    return scoped_levels(flair, quantile, scope, volume_levels(flair, torch.from_numpy(run.train.patient), quantile))
+
+
 def make_seeds(run: TrainingRun, classifier: nn.Module) -> dict[str, torch.Tensor]:
     """Stage 2: C's outputs ``p`` on the training slices and the seeds ``pos`` / ``neg`` (uint8):
     seeds of ``seeds.method`` for tumour slices (checkpointed every ``rise.chunk`` slices), S+ empty
-    and S- full for tumour-free slices."""
+    and S- full for tumour-free slices. With ``rise.negative_flair_map`` also ``low`` (uint8), where
+    the normalised map lies below it: the only place the segmenters' S- takes dark tissue."""
     if run.skip("seeds"):
         return run.outputs("seeds")
     t0 = time.perf_counter()
@@ -49,12 +62,14 @@ def make_seeds(run: TrainingRun, classifier: nn.Module) -> dict[str, torch.Tenso
         run.log(f"seeds: ACAM attention fitted, loss {fit['loss_first']:.3f} -> {fit['loss_last']:.3f}")
     pos = torch.zeros(n, size, size, dtype=torch.uint8)
     neg = torch.ones(n, size, size, dtype=torch.uint8)  # tumour-free slices: S- everywhere
+    low = torch.ones(n, size, size, dtype=torch.uint8)
+    levels = gate_levels(run, rise.positive_flair_quantile)
     if run.dist.main:
         ckpt = run.stage_dir("seeds") / "checkpoint"
         done = 0
         if checkpoint_exists(ckpt):
             state, extra = load_checkpoint(ckpt, {})
-            done, pos, neg = int(state["done"]), extra["pos"], extra["neg"]
+            done, pos, neg, low = int(state["done"]), extra["pos"], extra["neg"], extra.get("low", low)
             run.log(f"seeds: resuming after {done}/{len(tumour)} tumour slices")
         for start in range(done, len(tumour), chunk):
             idx = tumour[start:start + chunk]
@@ -62,9 +77,12 @@ def make_seeds(run: TrainingRun, classifier: nn.Module) -> dict[str, torch.Tenso
             run.progress(label, start, len(tumour))
             maps = explanation_maps(settings, classifier, run.x[idx].to(run.device), run.flair, attention)
             sp, sn = seeds_from_maps(maps, settings.positive, settings.negative)
-            sp = gate_positive_seeds(sp, run.x[idx, run.flair].to(sp.device), rise.positive_flair_quantile)
+            sp = gate_positive_seeds(sp, run.x[idx, run.flair].to(sp.device), rise.positive_flair_quantile,
+                                     None if levels is None else levels[idx])
             pos[idx], neg[idx] = sp.cpu().to(torch.uint8), sn.cpu().to(torch.uint8)
-            save_checkpoint(ckpt, {}, state={"done": start + len(idx)}, tensors={"pos": pos, "neg": neg})
+            if rise.negative_flair_map is not None:
+                low[idx] = (normalize_maps(maps) < rise.negative_flair_map).cpu().to(torch.uint8)
+            save_checkpoint(ckpt, {}, state={"done": start + len(idx)}, tensors={"pos": pos, "neg": neg, "low": low})
             run.progress(label, start + len(idx), len(tumour))
     xc = (run.y > 0) & (p > 0.5)
     info = {"tumour_slices": len(tumour), "true_positives": int(xc.sum()), "rise": rise.to_dict(),
@@ -77,5 +95,6 @@ def make_seeds(run: TrainingRun, classifier: nn.Module) -> dict[str, torch.Tenso
                  f"negative {info['seed_overlap_negative']:.3f}")
     for line in training_warnings({"seeds": info}):
         run.log("WARNING " + line)
-    run.finish("seeds", t0, info, weights=weights, tensors={"p": p, "pos": pos, "neg": neg})
+    tensors = {"p": p, "pos": pos, "neg": neg, **({"low": low} if rise.negative_flair_map is not None else {})}
+    run.finish("seeds", t0, info, weights=weights, tensors=tensors)
     return run.outputs("seeds")

@@ -19,20 +19,27 @@ from ..stages.segmenters import segmenter_loss
 from .architectures import build_unet
 from .loop import recalibrate_batchnorm, train_epochs
 from .quality import training_warnings
+from .seeds import gate_levels
 
 if TYPE_CHECKING:
     from .run import TrainingRun
 
 
-def segmenter_negative_seeds(run: TrainingRun, neg: torch.Tensor) -> torch.Tensor:
-    """S- of the segmenters: RISE's S- plus, with ``rise.negative_flair_quantile``, the dark
-    tissue of every slice (:func:`~WeakTumorSegLib.stages.seeds.extend_negative_seeds`). The converter keeps RISE's
-    S- alone: its L_recon and its 50 % rule are defined on them, and the dark tissue would
-    push nearly every image over the 50 % line."""
+def segmenter_negative_seeds(run: TrainingRun, seeds: dict[str, torch.Tensor]) -> torch.Tensor:
+    """S- of the segmenters: the seed method's S- plus, with ``rise.negative_flair_quantile``, the
+    dark tissue of every slice (:func:`~WeakTumorSegLib.stages.seeds.extend_negative_seeds`, its level
+    per slice or per patient as ``rise.flair_gate_scope`` says), limited with
+    ``rise.negative_flair_map`` to where the map is low (the seeds stage's ``low``). The converter
+    keeps the method's S- alone: its L_recon and its 50 % rule are defined on them, and the dark
+    tissue would push nearly every image over the 50 % line."""
+    neg = seeds["neg"]
     q = run.config["rise"].get("negative_flair_quantile")
     if q is None:
         return neg
-    out = extend_negative_seeds(neg.bool(), run.x[:, run.flair], q).to(torch.uint8)
+    dark = extend_negative_seeds(torch.zeros_like(neg, dtype=torch.bool), run.x[:, run.flair], q, gate_levels(run, q))
+    if "low" in seeds:
+        dark &= seeds["low"].bool()
+    out = (neg.bool() | dark).to(torch.uint8)
     if run.train.mask is not None:
         xc = run.y > 0
         if xc.any():

@@ -53,6 +53,18 @@ class RiseConfig:
     #: if set, tissue at or below this FLAIR quantile joins the segmenters' S- (:func:`extend_negative_seeds`;
     #: not in the paper)
     negative_flair_quantile: float | None = None
+    #: where the gates' quantiles are taken: over each image's tissue (``slice``), over all tissue
+    #: of the image's volume (``volume``), or the lower of the two (``lower``; :func:`scoped_levels`;
+    #: not in the paper)
+    flair_gate_scope: str = "slice"
+    #: if set, the dark tissue joins S- only where the normalised explanation map is below this
+    #: (not in the paper; ``None``: wherever it is dark)
+    negative_flair_map: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.flair_gate_scope not in ("slice", "volume", "lower"):
+            raise ValueError(f"rise.flair_gate_scope must be 'slice', 'volume' or 'lower', "
+                             f"got {self.flair_gate_scope!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
