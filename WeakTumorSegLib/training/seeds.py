@@ -39,6 +39,11 @@ def gate_levels(run: TrainingRun, quantile: float | None) -> torch.Tensor | None
     return scoped_levels(flair, quantile, scope, volume_levels(flair, torch.from_numpy(run.train.patient), quantile))
 
 
+def seed_tensors(pos: torch.Tensor, neg: torch.Tensor, low: torch.Tensor, rise) -> dict[str, torch.Tensor]:
+    """The seeds stage's tensors; ``low`` only when ``rise.negative_flair_map`` uses it."""
+    return {"pos": pos, "neg": neg, **({"low": low} if rise.negative_flair_map is not None else {})}
+
+
 def make_seeds(run: TrainingRun, classifier: nn.Module) -> dict[str, torch.Tensor]:
     """Stage 2: C's outputs ``p`` on the training slices and the seeds ``pos`` / ``neg`` (uint8):
     seeds of ``seeds.method`` for tumour slices (checkpointed every ``rise.chunk`` slices), S+ empty
@@ -82,7 +87,7 @@ def make_seeds(run: TrainingRun, classifier: nn.Module) -> dict[str, torch.Tenso
             pos[idx], neg[idx] = sp.cpu().to(torch.uint8), sn.cpu().to(torch.uint8)
             if rise.negative_flair_map is not None:
                 low[idx] = (normalize_maps(maps) < rise.negative_flair_map).cpu().to(torch.uint8)
-            save_checkpoint(ckpt, {}, state={"done": start + len(idx)}, tensors={"pos": pos, "neg": neg, "low": low})
+            save_checkpoint(ckpt, {}, state={"done": start + len(idx)}, tensors=seed_tensors(pos, neg, low, rise))
             run.progress(label, start + len(idx), len(tumour))
     xc = (run.y > 0) & (p > 0.5)
     info = {"tumour_slices": len(tumour), "true_positives": int(xc.sum()), "rise": rise.to_dict(),
@@ -95,6 +100,5 @@ def make_seeds(run: TrainingRun, classifier: nn.Module) -> dict[str, torch.Tenso
                  f"negative {info['seed_overlap_negative']:.3f}")
     for line in training_warnings({"seeds": info}):
         run.log("WARNING " + line)
-    tensors = {"p": p, "pos": pos, "neg": neg, **({"low": low} if rise.negative_flair_map is not None else {})}
-    run.finish("seeds", t0, info, weights=weights, tensors=tensors)
+    run.finish("seeds", t0, info, weights=weights, tensors={"p": p, **seed_tensors(pos, neg, low, rise)})
     return run.outputs("seeds")
