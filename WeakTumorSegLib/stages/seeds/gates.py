@@ -3,7 +3,8 @@
 Each map is min-max normalised per image, and seeds are S+ = e > 0.8, S- = e < 0.2 (the paper's
 "20 % of the maximum and minimum"). Tumour-free images get S+ empty and S- everywhere. The FLAIR
 gates (not in the paper) keep the bright core of S+ and add dark tissue to S-; their level is a
-quantile of each image's tissue or, with ``levels`` from :func:`volume_levels`, of its patient's.
+quantile of each image's tissue or, with ``levels`` from :func:`scoped_levels`, of its patient's
+(or the lower of the two).
 """
 
 from __future__ import annotations

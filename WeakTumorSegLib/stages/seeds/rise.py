@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ...networks.classifiers import inference_copy
+from .gates import GATE_SCOPES
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,8 @@ class RiseConfig:
     negative_flair_map: float | None = None
 
     def __post_init__(self) -> None:
-        if self.flair_gate_scope not in ("slice", "volume", "lower"):
-            raise ValueError(f"rise.flair_gate_scope must be 'slice', 'volume' or 'lower', "
+        if self.flair_gate_scope not in GATE_SCOPES:
+            raise ValueError(f"rise.flair_gate_scope must be one of {', '.join(GATE_SCOPES)}, "
                              f"got {self.flair_gate_scope!r}")
 
     def to_dict(self) -> dict:
