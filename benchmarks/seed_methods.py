@@ -35,8 +35,8 @@ from WeakTumorSegLib.bundle.load import Bundle  # noqa: E402
 from WeakTumorSegLib.io.cohort import discover  # noqa: E402
 from WeakTumorSegLib.preprocessing.intensity import PreprocessConfig  # noqa: E402
 from WeakTumorSegLib.stages.seeds import (SeedSettings, explanation_maps, extend_negative_seeds,  # noqa: E402
-                                          fit_attention, gate_positive_seeds, scoped_levels,
-                                          seeds_from_maps, volume_levels)
+                                          fit_attention, gate_positive_seeds, patient_levels,
+                                          seeds_from_maps)
 from WeakTumorSegLib.training.slices import load_slices  # noqa: E402
 
 
@@ -60,13 +60,10 @@ def score(pos: np.ndarray, neg: np.ndarray, neg_ext: np.ndarray, truth: np.ndarr
 
 
 def levels(s, flair: int, rows: np.ndarray, quantile: float | None, scope: str) -> torch.Tensor | None:
-    """The gate levels of ``scope`` for the slices ``rows`` of ``s``, a volume's level taken over all
-    slices of its patient (None for the ``slice`` scope)."""
-    if quantile is None or scope == "slice":
-        return None
-    f = torch.from_numpy(s.x[:, flair])
-    every = scoped_levels(f, quantile, scope, volume_levels(f, torch.from_numpy(s.patient), quantile))
-    return every[torch.from_numpy(rows)]
+    """The gate levels of ``scope`` for the slices ``rows`` of ``s``, a volume being all slices of
+    its patient (None for the ``slice`` scope)."""
+    every = patient_levels(torch.from_numpy(s.x[:, flair]), torch.from_numpy(s.patient), quantile, scope)
+    return None if every is None else every[torch.from_numpy(rows)]
 
 
 def main(argv=None) -> int:

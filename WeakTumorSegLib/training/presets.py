@@ -50,7 +50,8 @@ _PAPER = {
     "rise": {"n_masks": 4000, "cells": 7, "p1": 0.5, "batch": 100, "seed": 0, "positive": 0.8, "negative": 0.2,
              "centered": True, "chunk": 64,
              # FLAIR seed gates (stages.seeds.gate_positive_seeds / extend_negative_seeds; not in the paper):
-             # their quantiles over each slice's or each patient's tissue (flair_gate_scope slice / volume);
+             # their quantiles over each slice's or each patient's tissue, or the lower of the two
+             # (flair_gate_scope slice / volume / lower);
              # the dark tissue joins S- only where the normalised map is below negative_flair_map (null: anywhere)
              "positive_flair_quantile": None, "negative_flair_quantile": None, "flair_gate_scope": "slice",
              "negative_flair_map": None},

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..metrics import seed_overlap
 from ..stages.seeds import (SeedSettings, explanation_maps, fit_attention, gate_positive_seeds, normalize_maps,
-                           scoped_levels, seeds_from_maps, volume_levels)
+                           patient_levels, seeds_from_maps)
 from ..stages.seeds.cam import untrained_attention
 from .checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 from .quality import training_warnings
@@ -30,18 +30,14 @@ def seed_attention(run: TrainingRun, classifier: nn.Module) -> nn.Module | None:
 
 def gate_levels(run: TrainingRun, quantile: float | None) -> torch.Tensor | None:
     """Per training slice, the FLAIR level of a seed gate's ``quantile`` for ``rise.flair_gate_scope``,
-    the volume's level taken over its patient's slices; None for the ``slice`` scope (each slice's
-    own quantile)."""
-    scope = run.config["rise"].get("flair_gate_scope", "slice")
-    if quantile is None or scope == "slice":
-        return None
-    flair = run.x[:, run.flair]
-    return scoped_levels(flair, quantile, scope, volume_levels(flair, torch.from_numpy(run.train.patient), quantile))
+    a volume being its patient's slices; None for the ``slice`` scope (each slice's own quantile)."""
+    return patient_levels(run.x[:, run.flair], torch.from_numpy(run.train.patient), quantile,
+                          run.config["rise"].get("flair_gate_scope", "slice"))
 
 
-def seed_tensors(pos: torch.Tensor, neg: torch.Tensor, low: torch.Tensor, rise) -> dict[str, torch.Tensor]:
-    """The seeds stage's tensors; ``low`` only when ``rise.negative_flair_map`` uses it."""
-    return {"pos": pos, "neg": neg, **({"low": low} if rise.negative_flair_map is not None else {})}
+def seed_tensors(pos: torch.Tensor, neg: torch.Tensor, low: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """The seeds stage's tensors; ``low`` only when ``rise.negative_flair_map`` made one."""
+    return {"pos": pos, "neg": neg, **({"low": low} if low is not None else {})}
 
 
 def make_seeds(run: TrainingRun, classifier: nn.Module) -> dict[str, torch.Tensor]:
@@ -67,7 +63,7 @@ def make_seeds(run: TrainingRun, classifier: nn.Module) -> dict[str, torch.Tenso
         run.log(f"seeds: ACAM attention fitted, loss {fit['loss_first']:.3f} -> {fit['loss_last']:.3f}")
     pos = torch.zeros(n, size, size, dtype=torch.uint8)
     neg = torch.ones(n, size, size, dtype=torch.uint8)  # tumour-free slices: S- everywhere
-    low = torch.ones(n, size, size, dtype=torch.uint8)
+    low = torch.ones(n, size, size, dtype=torch.uint8) if rise.negative_flair_map is not None else None
     levels = gate_levels(run, rise.positive_flair_quantile)
     if run.dist.main:
         ckpt = run.stage_dir("seeds") / "checkpoint"
@@ -85,9 +81,9 @@ def make_seeds(run: TrainingRun, classifier: nn.Module) -> dict[str, torch.Tenso
             sp = gate_positive_seeds(sp, run.x[idx, run.flair].to(sp.device), rise.positive_flair_quantile,
                                      None if levels is None else levels[idx])
             pos[idx], neg[idx] = sp.cpu().to(torch.uint8), sn.cpu().to(torch.uint8)
-            if rise.negative_flair_map is not None:
+            if low is not None:
                 low[idx] = (normalize_maps(maps) < rise.negative_flair_map).cpu().to(torch.uint8)
-            save_checkpoint(ckpt, {}, state={"done": start + len(idx)}, tensors=seed_tensors(pos, neg, low, rise))
+            save_checkpoint(ckpt, {}, state={"done": start + len(idx)}, tensors=seed_tensors(pos, neg, low))
             run.progress(label, start + len(idx), len(tumour))
     xc = (run.y > 0) & (p > 0.5)
     info = {"tumour_slices": len(tumour), "true_positives": int(xc.sum()), "rise": rise.to_dict(),
@@ -100,5 +96,5 @@ def make_seeds(run: TrainingRun, classifier: nn.Module) -> dict[str, torch.Tenso
                  f"negative {info['seed_overlap_negative']:.3f}")
     for line in training_warnings({"seeds": info}):
         run.log("WARNING " + line)
-    run.finish("seeds", t0, info, weights=weights, tensors={"p": p, **seed_tensors(pos, neg, low, rise)})
+    run.finish("seeds", t0, info, weights=weights, tensors={"p": p, **seed_tensors(pos, neg, low)})
     return run.outputs("seeds")

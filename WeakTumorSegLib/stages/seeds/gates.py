@@ -81,17 +81,31 @@ def slice_levels(flair: torch.Tensor, quantile: float) -> torch.Tensor:
 GATE_SCOPES = ("slice", "volume", "lower")
 
 
+def check_gate_scope(scope: str) -> None:
+    """Refuse a ``rise.flair_gate_scope`` that is not one of :data:`GATE_SCOPES`."""
+    if scope not in GATE_SCOPES:
+        raise ValueError(f"rise.flair_gate_scope must be one of {', '.join(GATE_SCOPES)}, got {scope!r}")
+
+
 def scoped_levels(flair: torch.Tensor, quantile: float, scope: str, volume: torch.Tensor) -> torch.Tensor | None:
     """The gate levels of ``rise.flair_gate_scope`` for images ``(N, H, W)`` whose volumes' levels are
     ``volume`` ``(N,)`` (:func:`volume_levels`): None for ``slice`` (each image's own quantile, the
     default of :func:`flair_above_quantile`), ``volume`` as given, ``lower`` the lower of the two (a
     pixel is bright above either level and dark only below both)."""
-    if scope not in GATE_SCOPES:
-        raise ValueError(f"rise.flair_gate_scope must be one of {', '.join(GATE_SCOPES)}, got {scope!r}")
+    check_gate_scope(scope)
     if scope == "slice":
         return None
     volume = torch.as_tensor(volume, dtype=torch.float32).reshape(-1)
     return volume if scope == "volume" else torch.minimum(slice_levels(flair, quantile), volume)
+
+
+def patient_levels(flair: torch.Tensor, patients: torch.Tensor, quantile: float | None,
+                   scope: str) -> torch.Tensor | None:
+    """:func:`scoped_levels` for slices ``(N, H, W)`` whose volumes are their patients' slices
+    (``patients`` ``(N,)``); None for the ``slice`` scope or without a gate (``quantile`` None)."""
+    if quantile is None or scope == "slice":
+        return None
+    return scoped_levels(flair, quantile, scope, volume_levels(flair, patients, quantile))
 
 
 def flair_above_quantile(flair: torch.Tensor, quantile: float,

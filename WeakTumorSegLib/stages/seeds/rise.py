@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ...networks.classifiers import inference_copy
-from .gates import GATE_SCOPES
+from .gates import check_gate_scope
 
 
 @dataclass(frozen=True)
@@ -63,9 +63,7 @@ class RiseConfig:
     negative_flair_map: float | None = None
 
     def __post_init__(self) -> None:
-        if self.flair_gate_scope not in GATE_SCOPES:
-            raise ValueError(f"rise.flair_gate_scope must be one of {', '.join(GATE_SCOPES)}, "
-                             f"got {self.flair_gate_scope!r}")
+        check_gate_scope(self.flair_gate_scope)
 
     def to_dict(self) -> dict:
         return asdict(self)
