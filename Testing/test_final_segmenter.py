@@ -98,6 +98,41 @@ def test_segment_writes_the_final_mask_and_names_its_network(trained, tmp_path):
     assert report["counts"]["tumor_voxels"] == int(result.mask.sum())
 
 
+def test_extend_mode_grows_the_fused_lesions_only(trained):
+    from scipy import ndimage
+
+    from WeakTumorSegLib.bundle.load import Bundle
+    from WeakTumorSegLib.inference.pipeline import segment_arrays
+    from WeakTumorSegLib.io.images import read_channels
+
+    bundle = Bundle.load(trained["bundle"])
+    case = trained["cohort"] / "p07"  # a validation phantom
+    volume = read_channels({c: case / f"p07_{c}.nii.gz" for c in CHANNELS})
+    run = lambda **kw: segment_arrays(bundle, volume.channels, "cpu", bundle.settings(keep_components=0.0, **kw),  # noqa: E731
+                                      extra=["fused"], geometry=volume.geometry)
+    extended, alone = run(final_mode="extend", final_weight=0.5), run(final_weight=1.0)
+    fused, final = extended.extra_masks["fused"] > 0, alone.mask > 0
+    mask = extended.mask > 0
+    assert extended.network == "final" and fused.any()
+    assert (mask >= fused).all() and (mask <= (fused | final)).all()  # final_weight plays no part
+    added = mask & ~fused
+    labels, n = ndimage.label(mask, np.ones((3, 3, 3), bool))
+    assert set(np.unique(labels[added])) <= set(np.unique(labels[fused]))  # every addition joins a fused lesion
+    np.testing.assert_array_equal(extended.flagged, alone.flagged)  # the flags stay the fused mask's
+
+
+def test_pack_keeps_the_final_segmenter_when_it_makes_the_mask(trained, tmp_path):
+    assert run_cli("pack", "--bundle", trained["bundle"], "--out", tmp_path / "p1", "--models", "none").returncode == 0
+    assert "final" in json.loads((tmp_path / "p1" / "bundle.json").read_text())["models"]
+    fused_only = tmp_path / "fused-only"
+    shutil.copytree(trained["bundle"], fused_only)
+    cfg = json.loads((fused_only / "bundle.json").read_text())
+    cfg["inference"]["final_weight"] = 0.0
+    (fused_only / "bundle.json").write_text(json.dumps(cfg))
+    assert run_cli("pack", "--bundle", fused_only, "--out", tmp_path / "p2", "--models", "none").returncode == 0
+    assert "final" in json.loads((tmp_path / "p2" / "bundle.json").read_text())["packed_from"]["models_left_out"]
+
+
 def _export(cohort: Path, folder: Path, pid: str, statuses: list[str] | None = None, spacing=None) -> None:
     """A reviewed export as the Slicer module writes it: the true mask as ``corrected``."""
     import SimpleITK as sitk
@@ -131,6 +166,36 @@ def test_training_from_reviewed_exports(trained, tmp_path):
     assert src["models"]["final"]["sha256"] != cfg["models"]["final"]["sha256"]
     assert {k: v["sha256"] for k, v in src["models"].items() if k != "final"} == \
         {k: v["sha256"] for k, v in cfg["models"].items() if k != "final"}
+
+
+def test_without_pseudo_masks_only_reviewed_patients_give_masks(trained, tmp_path):
+    # Mlynarski et al.'s setting (final.pseudo_masks false): the patients without an export are
+    # image-labelled only, their tumour slices weak, their tumour-free slices still exact empty labels
+    from WeakTumorSegLib.bundle.load import Bundle
+    from WeakTumorSegLib.io.annotations import match_annotations, read_annotations
+    from WeakTumorSegLib.io.cohort import discover
+    from WeakTumorSegLib.stages.final import EMPTY, MASKED, WEAK
+    from WeakTumorSegLib.training.final_data import collect_tiles
+
+    exports = tmp_path / "exports"
+    _export(trained["cohort"], exports, "p01")
+    cases = discover(trained["cohort"], CHANNELS)[:3]
+    annotations = match_annotations(read_annotations(exports), [c.id for c in cases], exports)
+    bundle = Bundle.load(trained["bundle"])
+    import torch
+
+    cpu = torch.device("cpu")
+    pseudo = collect_tiles(bundle, cases, cpu, annotations=annotations)
+    paper = collect_tiles(bundle, cases, cpu, annotations=annotations, pseudo_masks=False)
+    reviewed = paper.patients.index("p01")
+    assert ((pseudo.kind == MASKED) & (pseudo.patient != reviewed)).any()  # the pipeline's masks, by default
+    masked = paper.kind == MASKED
+    assert masked.any() and (paper.patient[masked] == reviewed).all()
+    assert (paper.mask[paper.patient != reviewed] == 0).all()
+    others = lambda t, kind: int(((t.kind == kind) & (t.patient != reviewed)).sum())  # noqa: E731
+    assert others(paper, EMPTY) == others(pseudo, EMPTY) > 0
+    assert others(paper, WEAK) > others(pseudo, WEAK)
+    np.testing.assert_array_equal(paper.mask[paper.patient == reviewed], pseudo.mask[pseudo.patient == reviewed])
 
 
 def test_export_on_another_grid_is_refused_before_training(trained, tmp_path):

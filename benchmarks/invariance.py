@@ -110,8 +110,9 @@ def evaluate(bundle: Path, data: Path, ids: list[str], out: Path, threads: int, 
     if geometry is not None:
         cmd += ["--geometry", str(geometry)]
     subprocess.run(cmd, check=True, cwd=REPO_ROOT)
-    metrics = json.loads((out / "metrics.json").read_text())
-    return float(metrics["segmentation"]["fused"]["per_volume_3d"])
+    seg = json.loads((out / "metrics.json").read_text())["segmentation"]
+    main = seg["final"] if seg.get("final", {}).get("available") else seg["fused"]  # the bundle's own mask
+    return float(main["per_volume_3d"])
 
 
 def main() -> int:

@@ -118,6 +118,6 @@ class BundleInfo:
         (empty for a sound run or a bundle without that record)."""
         return [str(w) for w in (self.config.get("training") or {}).get("warnings") or []]
 
-    def settings(self, **overrides: float | None) -> InferenceSettings:
+    def settings(self, **overrides: float | str | None) -> InferenceSettings:
         """The inference settings: the bundle's, with the given overrides (None: the bundle's)."""
         return InferenceSettings.resolve(self.config.get("inference"), overrides, self.path)

@@ -109,16 +109,17 @@ def save_bundle(path: str | Path, config: Mapping, models: Mapping[str, nn.Modul
 
 def pack_bundle(src: str | Path, dst: str | Path, models: Sequence[str] | None = None,
                 weights_dtype: str = "float16", overwrite: bool = False) -> Path:
-    """Copy a bundle keeping only ``models`` (default: all; the inference models are always
-    kept, and ACAM's attention) with weights stored as ``weights_dtype``: how a trained bundle is made small enough to
-    ship. Every source weight file is verified (sha256) before it is copied; the configuration,
-    metrics and training summary are kept, with ``packed_from`` recording the source's name
-    and the models left out."""
+    """Copy a bundle keeping only ``models`` (default: all; the inference models are always kept,
+    with ACAM's attention, and the final segmenter when the bundle's mask uses it) with weights
+    stored as ``weights_dtype``: how a trained bundle is made small enough to ship. Every source
+    weight file is verified (sha256) before it is copied; the configuration, metrics and training
+    summary are kept, with ``packed_from`` recording the source's name and the models left out."""
     root = Path(src)
     bundle = Bundle.load(root)  # checks the JSON, loads and verifies the inference models
     config, specs = bundle.config, bundle.config["models"]
     seeds = [m for m in SEED_MODELS if m in specs]  # they go with the classifier
-    keep = list(specs) if models is None else list(dict.fromkeys([*INFERENCE_MODELS, *seeds, *models]))
+    final = ["final"] if "final" in specs and bundle.settings().final_weight > 0 else []  # it makes the mask
+    keep = list(specs) if models is None else list(dict.fromkeys([*INFERENCE_MODELS, *seeds, *final, *models]))
     unknown = [m for m in keep if m not in specs]
     if unknown:
         raise BundleError(f"models not in the bundle: {', '.join(unknown)} (it has {', '.join(specs)})",

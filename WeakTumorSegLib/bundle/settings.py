@@ -31,7 +31,9 @@ OFF = 0.0
 #: Settings a user may override, with the command-line option that does it.
 OPTIONS = {"filter_threshold": "--threshold", "scalp_margin_mm": "--scalp-margin",
            "slice_smoothing": "--slice-smoothing", "flair_trim": "--flair-trim",
-           "keep_components": "--keep-components", "final_weight": "--final-weight"}
+           "keep_components": "--keep-components", "final_weight": "--final-weight", "final_mode": "--final-mode"}
+#: How the final segmenter's map makes the main mask (``inference.final_mode``).
+FINAL_MODES = ("average", "extend")
 #: Closed ranges ``(low, high, how high is written)`` of the settings that have one.
 _RANGES = {"filter_threshold": (0.0, 1.0, "1"), "slice_smoothing": (0.0, MAX_SLICE_SMOOTHING, "1/3"),
            "flair_trim": (0.0, 1.0, "1"), "keep_components": (0.0, 1.0, "1"), "final_weight": (0.0, 1.0, "1")}
@@ -63,14 +65,17 @@ class InferenceSettings:
     """Keep the mask's 3D components of at least this fraction of the largest one (0: off)."""
     final_weight: float = 1.0
     """With a final segmenter in the bundle: its map's weight in the main map, the fused map's 1 minus it
-    (1: the final segmenter alone; bundles without one ignore it)."""
+    (1: the final segmenter alone; 0: the final segmenter is not run; bundles without one ignore it)."""
+    final_mode: str = "average"
+    """``average``: the main map is the weighted mean above; ``extend``: the fused mask, each of its
+    lesions extended by the final segmenter's 3D components that touch it (``final_weight`` above 0)."""
     batch_size: int = 32
     """Patches per forward pass."""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     """Where each overridable setting came from: ``bundle`` or its command-line option."""
 
     @classmethod
-    def resolve(cls, section: Mapping | None = None, overrides: Mapping[str, float | None] | None = None,
+    def resolve(cls, section: Mapping | None = None, overrides: Mapping[str, float | str | None] | None = None,
                 path: str | Path | None = None) -> "InferenceSettings":
         """The defaults, then the bundle's ``inference`` ``section``, then the ``overrides`` that
         are not None (keys of :data:`OPTIONS`). A bundle value that is missing or null means
@@ -108,6 +113,9 @@ class InferenceSettings:
                               f"got {self.scalp_margin_mm:g}", path)
         if self.stride < 1 or self.batch_size < 1:
             raise BundleError("inference.stride and inference.batch_size must be at least 1", path)
+        if self.final_mode not in FINAL_MODES:
+            raise BundleError(f"inference.final_mode must be one of {', '.join(FINAL_MODES)}, got {self.final_mode!r}",
+                              path)
 
     def section(self) -> dict:
         """The settings as a bundle's ``inference`` section (without their sources)."""
@@ -121,7 +129,8 @@ class InferenceSettings:
         """The post-processing settings and their sources, as ``report.json`` and ``metrics.json``
         record them (``scalp_margin_mm``, ``scalp_margin_source``, ...)."""
         out: dict[str, object] = {}
-        for name in ("scalp_margin_mm", "slice_smoothing", "flair_trim", "keep_components", "final_weight"):
+        for name in ("scalp_margin_mm", "slice_smoothing", "flair_trim", "keep_components", "final_weight",
+                     "final_mode"):
             out[name] = getattr(self, name)
             out[name.removesuffix("_mm") + "_source"] = self.source(name)
         return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import WeakTumorSegError
-from ..bundle.settings import MAX_SCALP_MARGIN_MM, MAX_SLICE_SMOOTHING
+from ..bundle.settings import FINAL_MODES, MAX_SCALP_MARGIN_MM, MAX_SLICE_SMOOTHING
 from ..progress import MODES
 
 PROG = "weaktumorseg"
@@ -107,23 +107,30 @@ COMPONENTS_HELP = ("keep only the mask's 3D connected components with at least F
                    "(default: the bundle's inference.keep_components)")
 FINAL_HELP = ("with a bundle that has a final segmenter: weight W of its map in the mask, the fused S_US / S_OS "
               "map weighing 1 - W (1: the final segmenter alone; default: the bundle's inference.final_weight)")
+FINAL_MODE_HELP = ("how a final segmenter makes the mask: average (its map weighted by --final-weight, the fused "
+                   "map by the rest) or extend (the fused mask, each lesion grown by the final segmenter's 3D "
+                   "components that touch it; final weight 0 still turns the final segmenter off; default: the "
+                   "bundle's inference.final_mode)")
 SCALP_HELP = ("clear the mask within this many mm of the head's outer surface (scalp and skull); "
               "0 turns it off, as skull-stripped images need (default: the bundle's inference.scalp_margin_mm)")
 
 
 def add_postprocess_options(parser: argparse.ArgumentParser) -> None:
-    """--scalp-margin, --slice-smoothing, --flair-trim, --keep-components and --final-weight (segment, evaluate)."""
+    """--scalp-margin, --slice-smoothing, --flair-trim, --keep-components, --final-weight and --final-mode
+    (segment, evaluate)."""
     parser.add_argument("--scalp-margin", type=millimetres_arg, default=None, metavar="MM", help=SCALP_HELP)
     parser.add_argument("--slice-smoothing", type=smoothing_arg, default=None, metavar="W", help=SMOOTHING_HELP)
     parser.add_argument("--flair-trim", type=fraction_arg, default=None, metavar="F", help=TRIM_HELP)
     parser.add_argument("--keep-components", type=fraction_arg, default=None, metavar="F", help=COMPONENTS_HELP)
     parser.add_argument("--final-weight", type=fraction_arg, default=None, metavar="W", help=FINAL_HELP)
+    parser.add_argument("--final-mode", choices=FINAL_MODES, default=None, help=FINAL_MODE_HELP)
 
 
-def postprocess_overrides(args: argparse.Namespace) -> dict[str, float | None]:
+def postprocess_overrides(args: argparse.Namespace) -> dict[str, float | str | None]:
     """The inference settings the post-processing options override (None: not given)."""
     return {"scalp_margin_mm": args.scalp_margin, "slice_smoothing": args.slice_smoothing,
-            "flair_trim": args.flair_trim, "keep_components": args.keep_components, "final_weight": args.final_weight}
+            "flair_trim": args.flair_trim, "keep_components": args.keep_components, "final_weight": args.final_weight,
+            "final_mode": args.final_mode}
 
 
 def add_run_options(parser: argparse.ArgumentParser, progress_help: str, quiet_help: str) -> None:

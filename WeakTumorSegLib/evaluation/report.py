@@ -146,7 +146,10 @@ def tables_markdown(metrics: Mapping) -> str:
             out += ["", (f"Components {cfg['keep_components']:g} ({cfg['keep_components_source']}): every segmenter's "
                          f"mask keeps its 3D connected components of at least {cfg['keep_components']:g} times the "
                          "largest one's voxels, each slice's holes filled.")]
-        if table == "4" and final and cfg.get("final_weight", 1.0) < 1.0:
+        if table == "4" and final and cfg.get("final_mode") == "extend":
+            out += ["", (f"Final mode extend ({cfg['final_mode_source']}): the final segmenter's row is the fused "
+                         "mask, each lesion grown by the final segmenter's 3D components that touch it.")]
+        elif table == "4" and final and cfg.get("final_weight", 1.0) < 1.0:
             out += ["", (f"Final weight {cfg['final_weight']:g} ({cfg['final_weight_source']}): the final segmenter's "
                          f"map is averaged with the fused map, weights {cfg['final_weight']:g} and "
                          f"{1 - cfg['final_weight']:g}, before it is binarised.")]

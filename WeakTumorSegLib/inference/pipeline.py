@@ -11,8 +11,9 @@
 3. :func:`segment_patches`: S_US and S_OS run on the gated patches and are fused with
    w = 2(p - 0.5) (:mod:`WeakTumorSegLib.stages.fusion`); a bundle with a final segmenter
    (``final``, trained on the fused pipeline's filtered masks) also runs it on the gated patches,
-   and its map (averaged with the fused map by ``settings.final_weight``) becomes the main one (the
-   fused mask still gives the difference score and flags);
+   and its map becomes the main one, averaged with the fused map by ``settings.final_weight``, or
+   with ``settings.final_mode`` ``extend`` only where it extends a lesion of the fused mask (step
+   6, after the component filter); the fused mask still gives the difference score and flags;
 4. :func:`convert`: the converter U turns the FLAIR of the gated patches into its healthy variant;
 5. :func:`seed_masks`: optionally, C's seeds of the gated patches (``seeds.method``)
    (:mod:`WeakTumorSegLib.stages.seeds`);
@@ -173,7 +174,7 @@ def segment_patches(models: Mapping[str, torch.nn.Module], vol: Prepared, p: np.
         if len(gated):
             net = models[FINAL]
             maps[gated] = batched(lambda xb: net(xb)[:, 0], vol.patches[gated], batch, device)
-        w = settings.final_weight
+        w = 1.0 if settings.final_mode == "extend" else settings.final_weight  # extend: postprocess() combines
         single[FINAL] = maps if w == 1.0 else w * maps + (1.0 - w) * fused
     return fused, single
 

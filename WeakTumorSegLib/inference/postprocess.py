@@ -14,7 +14,10 @@ In the order :func:`postprocess` applies them:
 * **component filter** (``inference.keep_components``, :func:`keep_components`): the mask keeps
   its large 3D connected components and their holes are filled slice by slice. A glioma is one
   lesion, while the segmenters also mark small bright spots elsewhere; and the FLAIR trim leaves
-  holes where the tumour is less bright than its median.
+  holes where the tumour is less bright than its median;
+* **final segmenter's extent** (``inference.final_mode`` ``extend``, :func:`extend_lesions`): the
+  lesions of the fused mask, as the component filter left them, grow by the final segmenter's
+  components that touch them.
 """
 
 from __future__ import annotations
@@ -71,6 +74,20 @@ def keep_components(mask: np.ndarray, fraction: float) -> np.ndarray:
     return out
 
 
+def extend_lesions(lesions: np.ndarray, final: np.ndarray) -> np.ndarray:
+    """The mask of ``inference.final_mode`` ``extend``: the binary ``lesions`` (the fused mask after
+    the component filter) with every 3D connected component (26-connected) of the binary ``final``
+    that touches them. The fused pipeline decides which lesions there are, the final segmenter,
+    trained on whole masks, how far they reach; its components elsewhere are dropped. A new boolean
+    array; ``lesions`` itself (as bool) when there is nothing to add."""
+    lesions, final = np.asarray(lesions, bool), np.asarray(final, bool)
+    if not (lesions.any() and final.any()):
+        return lesions
+    labels, _ = ndimage.label(final, structure=np.ones((3, 3, 3), bool))
+    touching = np.unique(labels[lesions & final])
+    return lesions | np.isin(labels, touching[touching > 0])
+
+
 def clear_scalp(probabilities: Mapping[str, np.ndarray], flair: np.ndarray, spacing: Sequence[float],
                 margin: float) -> dict[str, np.ndarray]:
     """The maps with every voxel within ``margin`` mm of the head's outer surface set to 0 (copies;
@@ -90,12 +107,18 @@ def clear_scalp(probabilities: Mapping[str, np.ndarray], flair: np.ndarray, spac
 def postprocess(probabilities: Mapping[str, np.ndarray], flair: np.ndarray, spacing: Sequence[float],
                 settings: InferenceSettings) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Every model's probability map through the scalp margin and the FLAIR trim, then binarised
-    at ``settings.mask_threshold`` and through the component filter. Returns ``(probabilities,
-    masks)`` keyed like the input; the masks are uint8. ``flair`` is the normalised [0, 1] FLAIR
-    and ``spacing`` the in-plane (row, column) voxel size in mm."""
+    at ``settings.mask_threshold`` and through the component filter. With ``settings.final_mode``
+    ``extend``, ``final`` is then the ``fused`` mask grown by :func:`extend_lesions`, its map the
+    fused one raised to the final segmenter's where it grew. Returns ``(probabilities, masks)`` keyed
+    like the input; the masks are uint8. ``flair`` is the normalised [0, 1] FLAIR and ``spacing`` the
+    in-plane (row, column) voxel size in mm."""
     out = clear_scalp(probabilities, flair, spacing, settings.scalp_margin_mm)
     if settings.flair_trim > 0:  # each model's mask loses its voxels that are dim on FLAIR next to its median voxel
         out = {name: flair_trim(pr, flair, settings.flair_trim, settings.mask_threshold) for name, pr in out.items()}
     masks = {name: keep_components(pr > settings.mask_threshold, settings.keep_components).astype(np.uint8)
              for name, pr in out.items()}
+    if settings.final_mode == "extend" and {"fused", "final"} <= set(out):
+        grown = extend_lesions(masks["fused"], out["final"] > settings.mask_threshold)
+        out["final"] = np.maximum(out["fused"], out["final"] * grown)
+        masks["final"] = grown.astype(np.uint8)
     return out, masks

@@ -21,12 +21,13 @@ With ``final.members`` above 1 the final network is an ensemble
 (:class:`~WeakTumorSegLib.networks.ensemble.SegmenterEnsemble`) whose members train one after
 another on the same labels, each with its own initial weights and data order. With ``final.grow``
 set, the trusted masks first grow into the fused probability above it, 3D-connected, on the tumour
-slices (:mod:`WeakTumorSegLib.stages.label_refinement`). With ``final.rounds`` 2, the round-1
-network relabels every tumour tile; a tile keeps a full label (the network's mask) where that mask
-and the fused pipeline's agree (2D Dice at least ``final.agreement``), and round 2 trains a new
-network on those labels. Every round augments its batches with
-:class:`~WeakTumorSegLib.stages.augmentation.SiteAugmentation` (the labels follow the geometry) when
-``final.augment`` is true.
+slices (:mod:`WeakTumorSegLib.stages.label_refinement`). With ``final.pseudo_masks`` false, only
+reviewed exports give masks (Mlynarski et al.'s setting: the other patients are image-labelled).
+With ``final.rounds`` 2, the round-1 network relabels every tumour tile; a tile keeps a full label
+(the network's mask) where that mask and the fused pipeline's agree (2D Dice at least
+``final.agreement``), and round 2 trains a new network on those labels. Every round augments its
+batches with :class:`~WeakTumorSegLib.stages.augmentation.SiteAugmentation` (the labels follow the
+geometry) when ``final.augment`` is true.
 """
 
 from __future__ import annotations
@@ -115,7 +116,8 @@ def train_final(run: TrainingRun, bundle: Bundle, cases: list[Case],
     run.log(f"{STAGE}: labelling {len(cases)} patients with the fused pipeline"
             + (f", {len(annotations)} of them with their reviewed exports" if annotations else ""))
     tiles = collect_tiles(bundle, cases, run.device, int(run.config["data"].get("erosion", 0)), trainer == "em",
-                          lambda d, t: run.progress("final labels", d, t), annotations, c.get("grow"))
+                          lambda d, t: run.progress("final labels", d, t), annotations, c.get("grow"),
+                          bool(c.get("pseudo_masks", True)))
     info = {"trainer": trainer, "rounds": int(c.get("rounds", 1)), "patients": len(cases),
             "annotated_patients": sorted(annotations), "labels": {"round1": label_report(run, tiles)}}
     model = train_members(run, tiles, model, c, trainer, bundle, "_round1")

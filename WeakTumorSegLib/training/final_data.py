@@ -101,14 +101,16 @@ def annotated_kinds(annotation: Annotation, case: Case, code: str, erosion: int)
 
 
 def case_tiles(bundle: Bundle, case: Case, device: torch.device, erosion: int, with_em: bool,
-               annotation: Annotation | None = None, grow: float | None = None) -> dict:
+               annotation: Annotation | None = None, grow: float | None = None, pseudo_masks: bool = True) -> dict:
     """One patient's tiles, kinds and labels (see the module docstring); with ``annotation`` the
     reviewed export gives them instead of the fused pipeline (:func:`annotated_kinds`). With
     ``grow``, the pipeline's trusted masks grow into its probability above ``grow``
-    (:func:`~WeakTumorSegLib.stages.label_refinement.grow_labels`); a reviewer's never do."""
+    (:func:`~WeakTumorSegLib.stages.label_refinement.grow_labels`); a reviewer's never do. Without
+    ``pseudo_masks``, a patient without an export gives slice labels only (its tumour slices weak,
+    as Mlynarski et al.'s image-labelled scans)."""
     volume = read_channels({c: case.channels[c] for c in bundle.channels})
     geometry = case.geometry(volume.geometry)
-    settings = bundle.settings()
+    settings = bundle.settings(final_weight=0.0)  # the fused pipeline labels, even when the bundle has a final network
     res = segment_arrays(bundle, volume.channels, device, settings, seeds=bundle.seeds() if with_em else None,
                          geometry=geometry)
     vol = prepare(bundle, volume.channels, settings, geometry)
@@ -119,6 +121,8 @@ def case_tiles(bundle: Bundle, case: Case, device: torch.device, erosion: int, w
         first = volume.channels[bundle.channels[0]]
         labels = canonical_slice_labels(slice_labels(case, first.shape[0], erosion), code, case.labels)
         kinds, given = slice_kinds(labels, res.tumor_pixels, res.flagged), res.mask
+        if not pseudo_masks:
+            kinds = np.where(kinds == MASKED, WEAK, kinds).astype(np.uint8)
     else:
         kinds, given = annotated_kinds(annotation, case, code, erosion)
     given_w = vol.std.working(given.astype(np.float32)) > 0.5
@@ -146,12 +150,14 @@ def case_tiles(bundle: Bundle, case: Case, device: torch.device, erosion: int, w
 
 def collect_tiles(bundle: Bundle, cases: Sequence[Case], device: torch.device, erosion: int = 0,
                   with_em: bool = False, progress: Callable[[int, int], None] | None = None,
-                  annotations: Mapping[str, Annotation] | None = None, grow: float | None = None) -> FinalTiles:
+                  annotations: Mapping[str, Annotation] | None = None, grow: float | None = None,
+                  pseudo_masks: bool = True) -> FinalTiles:
     """:func:`case_tiles` of every case (with its reviewed export from ``annotations``, keyed by
-    patient id, where it has one, and the pipeline's masks grown above ``grow``), concatenated."""
+    patient id, where it has one, the pipeline's masks grown above ``grow``, or none of its masks
+    without ``pseudo_masks``), concatenated."""
     parts, ids = [], []
     for i, case in enumerate(cases):
-        part = case_tiles(bundle, case, device, erosion, with_em, (annotations or {}).get(case.id), grow)
+        part = case_tiles(bundle, case, device, erosion, with_em, (annotations or {}).get(case.id), grow, pseudo_masks)
         if part:
             part["patient"] = np.full(len(part["kind"]), len(ids), np.int32)
             parts.append(part)

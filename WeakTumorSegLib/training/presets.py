@@ -89,17 +89,19 @@ _PAPER = {
     # labels, weight lam; prior fitted on prior_pixels known pixels in prior_steps steps); grow: the
     # trusted masks grow into the fused probability above it (stages.label_refinement); members:
     # that many networks trained one after another, their maps averaged; rounds 2
-    # relabels the tumour tiles with round 1's network where it agrees with the fused mask
-    "final": {"trainer": None, "members": 1, "grow": None, "rounds": 1, "agreement": 0.7, "width": 16, "latent": 100,
-              "hidden": 64, "epochs": 16, "batch": 16, "lr": 1e-3, "halve_every": 8, "betas": [0.9, 0.999],
-              "min_steps": 600, "augment": True, "balanced": True, "t0": 0.7, "t1": 0.3, "a": 0.7, "k": 8, "m": 4,
-              "n": 8, "lam": 1.0, "prior_steps": 600, "prior_pixels": 200000},
-    # the bundle's inference section (bundle.settings.InferenceSettings); the last four steps are
-    # not in the paper and off here; the shipped TCGA-LGG bundles set null / 0 / 0 / 0.5 (until
-    # 2026-12-06 12 / 0.25 / 0.9 / 0.5; docs/options.md)
+    # relabels the tumour tiles with round 1's network where it agrees with the fused mask;
+    # pseudo_masks false: only reviewed exports give masks (Mlynarski et al.'s setting)
+    "final": {"trainer": None, "members": 1, "grow": None, "pseudo_masks": True, "rounds": 1, "agreement": 0.7,
+              "width": 16, "latent": 100, "hidden": 64, "epochs": 16, "batch": 16, "lr": 1e-3, "halve_every": 8,
+              "betas": [0.9, 0.999], "min_steps": 600, "augment": True, "balanced": True, "t0": 0.7, "t1": 0.3,
+              "a": 0.7, "k": 8, "m": 4, "n": 8, "lam": 1.0, "prior_steps": 600, "prior_pixels": 200000},
+    # the bundle's inference section (bundle.settings.InferenceSettings); the four post-processing
+    # steps are not in the paper and off here; the shipped TCGA-LGG bundles set null / 0 / 0 / 0.5
+    # (until 2026-12-06 12 / 0.25 / 0.9 / 0.5; docs/options.md); final_mode: how a final segmenter
+    # makes the mask (average: weighted by final_weight; extend: it grows the fused mask's lesions)
     "inference": {"stride": 64, "gate_threshold": 0.5, "mask_threshold": 0.5, "filter_threshold": 0.2,
                   "undecided_margin": 0.1, "batch_size": 32, "scalp_margin_mm": None, "slice_smoothing": 0.0,
-                  "flair_trim": 0.0, "keep_components": 0.0, "final_weight": 1.0},
+                  "flair_trim": 0.0, "keep_components": 0.0, "final_weight": 1.0, "final_mode": "average"},
 }
 
 
@@ -145,12 +147,13 @@ PRESETS: dict[str, dict] = {
         "segmenter": {"width": 12, "epochs": 12, "halve_every": 8, "lr": 1e-3, "balanced_seed_loss": True,
                       "min_steps": 400, "zeta": 1.0},
         # mixed supervision with every labelled pixel weighted alike (inner split, docs/experiments.md
-        # "Final segmenter"); trained and evaluated, but the mask is the fused model's (final_weight 0):
-        # on unseen inner-fold patients no final segmenter beat the fused model with the component
-        # filter by more than noise, and the component filter alone was the post-processing that
-        # raised the Dice in every fold ("Post-processing on unseen patients", "Label refinement")
+        # "Final segmenter"); alone or averaged, no final segmenter beat the fused model with the
+        # component filter by more than noise on unseen inner-fold patients, so it only extends the
+        # fused mask's lesions (final_mode extend): higher or equal on both folds with each of four
+        # final networks ("The final segmenter as the lesions' extent"); the component filter was the
+        # post-processing that raised the Dice in every fold ("Post-processing on unseen patients")
         "final": {"trainer": "mixed", "balanced": False},
-        "inference": {"final_weight": 0.0, "keep_components": 0.5},
+        "inference": {"final_weight": 1.0, "final_mode": "extend", "keep_components": 0.5},
     }),
     # a smoke test of the whole pipeline on small synthetic phantoms in a few minutes on 2 CPU
     # cores; not a recipe for real patients (its bundles find little or nothing on MR)
