@@ -73,8 +73,9 @@ def test_trim_reaches_segment_and_segment_records_it(tmp_path):
     for name in ("tcga-lgg-default", "tcga-lgg-flair"):
         assert Bundle.load(MODELS_DIR / name).settings().flair_trim == 0.0
     masks, reports = {}, {}
+    fused_only = ("--keep-components", "0", "--final-weight", "0")  # the fused mask, unfiltered
     for label, extra in (("trim", ["--flair-trim", "0.9"]), ("bundle", [])):
-        _, masks[label], reports[label] = segment_sample(tmp_path / label, "--keep-components", "0", *extra)
+        _, masks[label], reports[label] = segment_sample(tmp_path / label, *fused_only, *extra)
     assert reports["trim"]["flair_trim"] == 0.9 and reports["trim"]["flair_trim_source"] == "--flair-trim"
     assert reports["bundle"]["flair_trim"] == 0.0 and reports["bundle"]["flair_trim_source"] == "bundle"
     flair = normalize_channel(sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE / f"{SAMPLE.name}_flair.nii.gz"))))

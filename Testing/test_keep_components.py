@@ -85,12 +85,14 @@ def test_segment_filters_every_model_and_follows_the_bundle():
 
 def test_shipped_bundles_filter_components_and_segment_records_it(tmp_path):
     """On the sample patient the bundle's 0.5 leaves one large component (or several of similar
-    size) and no holes, and the mask is the unfiltered one's large components, holes filled."""
+    size) and no holes, and the mask is the unfiltered one's large components, holes filled (the
+    fused mask: ``--final-weight 0``; the final segmenter's extension is tested in
+    test_extend_lesions.py)."""
     for name in ("tcga-lgg-default", "tcga-lgg-flair"):
         assert Bundle.load(MODELS_DIR / name).settings().keep_components == 0.5
     masks, reports = {}, {}
     for label, extra in (("bundle", []), ("off", ["--keep-components", "0"])):
-        _, masks[label], reports[label] = segment_sample(tmp_path / label, *extra)
+        _, masks[label], reports[label] = segment_sample(tmp_path / label, "--final-weight", "0", *extra)
     assert reports["bundle"]["keep_components"] == 0.5 and reports["bundle"]["keep_components_source"] == "bundle"
     assert reports["off"]["keep_components"] == 0.0 and reports["off"]["keep_components_source"] == "--keep-components"
     labels, n = ndimage.label(masks["off"], structure=np.ones((3, 3, 3), bool))
