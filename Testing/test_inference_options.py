@@ -22,7 +22,7 @@ from test_scalp_margin import SAMPLE
     ("--slice-smoothing", "-0.1"), ("--slice-smoothing", "0.5"), ("--slice-smoothing", "abc"),
     ("--flair-trim", "-0.1"), ("--flair-trim", "1.5"), ("--flair-trim", "abc"),
     ("--keep-components", "-0.1"), ("--keep-components", "1.5"), ("--keep-components", "abc"),
-    ("--final-weight", "-0.1"), ("--final-weight", "1.5"), ("--final-mode", "grow"),
+    ("--final-weight", "-0.1"), ("--final-weight", "1.5"), ("--final-mode", "grow"), ("--gate-low", "abc"),
 ])
 def test_bad_value_is_refused(tmp_path, option, value):
     case = SAMPLE.name

@@ -31,12 +31,14 @@ OFF = 0.0
 #: Settings a user may override, with the command-line option that does it.
 OPTIONS = {"filter_threshold": "--threshold", "scalp_margin_mm": "--scalp-margin",
            "slice_smoothing": "--slice-smoothing", "flair_trim": "--flair-trim",
-           "keep_components": "--keep-components", "final_weight": "--final-weight", "final_mode": "--final-mode"}
+           "keep_components": "--keep-components", "final_weight": "--final-weight", "final_mode": "--final-mode",
+           "gate_low": "--gate-low"}
 #: How the final segmenter's map makes the main mask (``inference.final_mode``).
 FINAL_MODES = ("average", "extend")
 #: Closed ranges ``(low, high, how high is written)`` of the settings that have one.
 _RANGES = {"filter_threshold": (0.0, 1.0, "1"), "slice_smoothing": (0.0, MAX_SLICE_SMOOTHING, "1/3"),
-           "flair_trim": (0.0, 1.0, "1"), "keep_components": (0.0, 1.0, "1"), "final_weight": (0.0, 1.0, "1")}
+           "flair_trim": (0.0, 1.0, "1"), "keep_components": (0.0, 1.0, "1"), "final_weight": (0.0, 1.0, "1"),
+           "gate_low": (0.0, 1.0, "1")}
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,9 @@ class InferenceSettings:
     covered by up to four patches)."""
     gate_threshold: float = 0.5
     """A patch whose classifier output is at or below this is gated out (empty map)."""
+    gate_low: float = OFF
+    """A patch above this (and at or below ``gate_threshold``) passes the gate when consecutive slices'
+    patches above it join it to one above ``gate_threshold`` (hysteresis; 0: off)."""
     mask_threshold: float = 0.5
     """The fused probability is binarised above this."""
     filter_threshold: float = 0.2
@@ -113,6 +118,9 @@ class InferenceSettings:
                               f"got {self.scalp_margin_mm:g}", path)
         if self.stride < 1 or self.batch_size < 1:
             raise BundleError("inference.stride and inference.batch_size must be at least 1", path)
+        if 0 < self.gate_threshold <= self.gate_low:
+            raise BundleError(f"inference.gate_low must lie below gate_threshold ({self.gate_threshold:g}), "
+                              f"got {self.gate_low:g}", path)
         if self.final_mode not in FINAL_MODES:
             raise BundleError(f"inference.final_mode must be one of {', '.join(FINAL_MODES)}, got {self.final_mode!r}",
                               path)
@@ -130,7 +138,7 @@ class InferenceSettings:
         record them (``scalp_margin_mm``, ``scalp_margin_source``, ...)."""
         out: dict[str, object] = {}
         for name in ("scalp_margin_mm", "slice_smoothing", "flair_trim", "keep_components", "final_weight",
-                     "final_mode"):
+                     "final_mode", "gate_low"):
             out[name] = getattr(self, name)
             out[name.removesuffix("_mm") + "_source"] = self.source(name)
         return out

@@ -5,7 +5,9 @@
    (:func:`~WeakTumorSegLib.preprocessing.standardise.standardise`), every axial slice tiled
    into patches;
 2. :func:`classify`: the classifier C gates each patch (p <= 0.5: empty map); patches that are
-   zero in every channel contain no tissue and are gated out without running C; with
+   zero in every channel contain no tissue and are gated out without running C; with ``gate_low``
+   a patch below the gate passes when slices above ``gate_low`` join it to a gated one
+   (:func:`~WeakTumorSegLib.stages.fusion.hysteresis_gate`; S_US alone segments it); with
    ``slice_smoothing`` each patch's p is first averaged with the same tile's p on the
    neighbouring slices (:func:`~WeakTumorSegLib.stages.fusion.smooth_across_slices`);
 3. :func:`segment_patches`: S_US and S_OS run on the gated patches and are fused with
@@ -51,7 +53,7 @@ from ..io.orientation import code_from_direction
 from ..preprocessing.standardise import Standardised, standardise
 from ..preprocessing.tiling import Tiling
 from ..stages.difference_filter import flag_slices, mean_in_mask
-from ..stages.fusion import fuse, smooth_across_slices
+from ..stages.fusion import fuse, hysteresis_gate, smooth_across_slices
 from ..stages.seeds import (RiseConfig, SeedSettings, explanation_maps, extend_negative_seeds,
                            gate_positive_seeds, scoped_levels, volume_levels)
 from .checks import out_of_distribution, possible_miss
@@ -157,8 +159,8 @@ def segment_patches(models: Mapping[str, torch.nn.Module], vol: Prepared, p: np.
 
     if len(gated):
         both = batched(both_segmenters, vol.patches[gated], batch, device, lambda d: say("segment", d, len(gated)))
-        fused[gated] = fuse(torch.from_numpy(p[gated]), torch.from_numpy(both[:, 0]),
-                            torch.from_numpy(both[:, 1]), settings.gate_threshold).numpy()
+        fused[gated] = fuse(torch.from_numpy(p[gated]), torch.from_numpy(both[:, 0]), torch.from_numpy(both[:, 1]),
+                            settings.gate_threshold, passed=torch.ones(len(gated), dtype=torch.bool)).numpy()
     single: dict[str, np.ndarray] = {}
     for name in extra:
         maps = np.zeros_like(fused)
@@ -343,7 +345,8 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
     with torch.inference_mode():
         t = time.perf_counter()
         p = classify(models["classifier"], vol, settings, device, say)
-        gated = np.flatnonzero(p > settings.gate_threshold)
+        shape = (vol.tiling.slices, vol.tiling.per_slice)
+        gated = np.flatnonzero(hysteresis_gate(p.reshape(shape), settings.gate_threshold, settings.gate_low))
         gate_w = np.zeros(len(vol.patches))  # 1 for gated patches: stitching weights of their maps
         gate_w[gated] = 1
         timings["classify"] = time.perf_counter() - t

@@ -8,6 +8,10 @@ Not in the paper, off unless a bundle sets ``inference.slice_smoothing``: :func:
 averages C's outputs with those of the neighbouring slices before the gate. The paper classifies every
 slice on its own; a tumour, however, spans consecutive slices, so a slice between two confident
 neighbours is more likely tumour than its own score says, and a lone confident slice less.
+
+Not in the paper either, off unless a bundle sets ``inference.gate_low``: :func:`hysteresis_gate`
+also lets through the less confident patches that continue a confidently gated one along the slice
+axis, as hysteresis thresholding does with edges; they are segmented by S_US alone (w = 0).
 """
 
 from __future__ import annotations
@@ -42,16 +46,36 @@ def smooth_across_slices(p: np.ndarray, weight: float, valid: np.ndarray | None 
     return out.astype(np.float32)
 
 
+def hysteresis_gate(p: np.ndarray, high: float, low: float) -> np.ndarray:
+    """Which entries of the classifier outputs ``p`` ``(slices, k)`` (k tiles per slice) pass the
+    gate: those above ``high``, and those above ``low`` joined to one of them through consecutive
+    slices of the same tile that are all above ``low``. ``low`` 0 (or at least ``high``) gives
+    ``p > high``."""
+    p = np.asarray(p)
+    gated = p > high
+    if low <= 0 or low >= high or len(p) < 2:
+        return gated
+    weak = p > low
+    for order in (range(1, len(p)), range(len(p) - 2, -1, -1)):  # grow up, then down, the slice axis
+        for k in order:
+            prev = k - 1 if order.step == 1 else k + 1
+            gated[k] |= weak[k] & gated[prev]
+    return gated
+
+
 def fusion_weight(p: torch.Tensor, gate: float = 0.5) -> torch.Tensor:
     """w = 2(p - 0.5) (Eq. 17), clamped to [0, 1]; ``gate`` is the classifier's decision point."""
     return ((p - gate) / (1.0 - gate)).clamp(0.0, 1.0)
 
 
-def fuse(p: torch.Tensor, m_us: torch.Tensor, m_os: torch.Tensor, gate: float = 0.5) -> torch.Tensor:
+def fuse(p: torch.Tensor, m_us: torch.Tensor, m_os: torch.Tensor, gate: float = 0.5,
+         passed: torch.Tensor | None = None) -> torch.Tensor:
     """Fused probability maps ``(B, H, W)`` for classifier outputs ``p`` ``(B,)``.
 
-    Images with ``p <= gate`` get an all-zero map (they are gated out).
+    Images that do not pass the gate get an all-zero map: by default those with ``p <= gate``;
+    ``passed`` ``(B,)`` bool decides instead (:func:`hysteresis_gate`; below the gate w is 0).
     """
     w = fusion_weight(p, gate).reshape(-1, *([1] * (m_us.dim() - 1)))
     m1 = w * m_os + (1.0 - w) * m_us
-    return torch.where((p > gate).reshape(w.shape), m1, torch.zeros_like(m1))
+    keep = (p > gate) if passed is None else passed
+    return torch.where(keep.reshape(w.shape), m1, torch.zeros_like(m1))

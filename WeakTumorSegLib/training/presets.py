@@ -99,7 +99,7 @@ _PAPER = {
     # steps are not in the paper and off here; the shipped TCGA-LGG bundles set null / 0 / 0 / 0.5
     # (until 2026-12-06 12 / 0.25 / 0.9 / 0.5; docs/options.md); final_mode: how a final segmenter
     # makes the mask (average: weighted by final_weight; extend: it grows the fused mask's lesions)
-    "inference": {"stride": 64, "gate_threshold": 0.5, "mask_threshold": 0.5, "filter_threshold": 0.2,
+    "inference": {"stride": 64, "gate_threshold": 0.5, "gate_low": 0.0, "mask_threshold": 0.5, "filter_threshold": 0.2,
                   "undecided_margin": 0.1, "batch_size": 32, "scalp_margin_mm": None, "slice_smoothing": 0.0,
                   "flair_trim": 0.0, "keep_components": 0.0, "final_weight": 1.0, "final_mode": "average"},
 }
@@ -151,9 +151,10 @@ PRESETS: dict[str, dict] = {
         # component filter by more than noise on unseen inner-fold patients, so it only extends the
         # fused mask's lesions (final_mode extend): higher or equal on both folds with each of four
         # final networks ("The final segmenter as the lesions' extent"); the component filter was the
-        # post-processing that raised the Dice in every fold ("Post-processing on unseen patients")
+        # post-processing that raised the Dice in every fold ("Post-processing on unseen patients");
+        # gate_low 0.3: a tumour's less certain end slices keep their mask ("Hysteresis at the gate")
         "final": {"trainer": "mixed", "balanced": False},
-        "inference": {"final_weight": 1.0, "final_mode": "extend", "keep_components": 0.5},
+        "inference": {"final_weight": 1.0, "final_mode": "extend", "keep_components": 0.5, "gate_low": 0.3},
     }),
     # a smoke test of the whole pipeline on small synthetic phantoms in a few minutes on 2 CPU
     # cores; not a recipe for real patients (its bundles find little or nothing on MR)
