@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import SimpleITK as sitk  # noqa: E402
 
+from WeakTumorSegLib.io.annotations import MANIFEST_SUFFIX, MASK_SUFFIX  # noqa: E402
 from WeakTumorSegLib.io.cohort import discover  # noqa: E402
 
 
@@ -37,8 +38,8 @@ def write_export(case, out: Path) -> int:
     mask = sitk.GetImageFromArray(truth.astype(np.uint8))
     mask.CopyInformation(flair)
     stem = f"{case.id}_flair"
-    sitk.WriteImage(mask, str(out / f"{stem}_mask.nii.gz"), True)
-    with open(out / f"{stem}_manifest.csv", "w", newline="") as fh:
+    sitk.WriteImage(mask, str(out / f"{stem}{MASK_SUFFIX}"), True)
+    with open(out / f"{stem}{MANIFEST_SUFFIX}", "w", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(("volume", "slice", "status", "difference_score", "tumor_pixels"))
         for k in range(truth.shape[0]):

@@ -115,9 +115,10 @@ def postprocess(probabilities: Mapping[str, np.ndarray], flair: np.ndarray, spac
     out = clear_scalp(probabilities, flair, spacing, settings.scalp_margin_mm)
     if settings.flair_trim > 0:  # each model's mask loses its voxels that are dim on FLAIR next to its median voxel
         out = {name: flair_trim(pr, flair, settings.flair_trim, settings.mask_threshold) for name, pr in out.items()}
+    extend = settings.final_mode == "extend" and {"fused", "final"} <= set(out)
     masks = {name: keep_components(pr > settings.mask_threshold, settings.keep_components).astype(np.uint8)
-             for name, pr in out.items()}
-    if settings.final_mode == "extend" and {"fused", "final"} <= set(out):
+             for name, pr in out.items() if not (extend and name == "final")}  # extend filters the fused lesions only
+    if extend:
         grown = extend_lesions(masks["fused"], out["final"] > settings.mask_threshold)
         out["final"] = np.maximum(out["fused"], out["final"] * grown)
         masks["final"] = grown.astype(np.uint8)

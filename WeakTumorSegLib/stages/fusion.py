@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 #: the largest neighbour weight: the slice itself must weigh at least as much as each neighbour
 MAX_SLICE_SMOOTHING = 1.0 / 3.0
@@ -53,14 +54,12 @@ def hysteresis_gate(p: np.ndarray, high: float, low: float) -> np.ndarray:
     ``p > high``."""
     p = np.asarray(p)
     gated = p > high
-    if low <= 0 or low >= high or len(p) < 2:
+    if low <= 0 or low >= high:
         return gated
-    weak = p > low
-    for order in (range(1, len(p)), range(len(p) - 2, -1, -1)):  # grow up, then down, the slice axis
-        for k in order:
-            prev = k - 1 if order.step == 1 else k + 1
-            gated[k] |= weak[k] & gated[prev]
-    return gated
+    along_slices = np.array([[0, 1, 0], [0, 1, 0], [0, 1, 0]], bool)  # a tile's runs, never its neighbours
+    runs, _ = ndimage.label(p > low, structure=along_slices)
+    passing = np.unique(runs[gated])
+    return np.isin(runs, passing[passing > 0])
 
 
 def fusion_weight(p: torch.Tensor, gate: float = 0.5) -> torch.Tensor:
