@@ -42,6 +42,11 @@ class Bundle(BundleInfo):
     def preprocessing(self) -> PreprocessConfig:
         return PreprocessConfig.from_dict(self.config.get("preprocessing", {}))
 
+    @property
+    def final_context(self) -> int:
+        """Neighbouring slices on each side that the final segmenter reads (0: one slice; 2.5D above)."""
+        return int((self.config.get("final") or {}).get("context", 0))
+
     def rise(self, n_masks: int | None = None) -> RiseConfig:
         """The bundle's RISE settings (``n_masks``, when given, replaces its number of masks)."""
         return self.seeds(n_masks=n_masks).rise

@@ -12,10 +12,11 @@
    neighbouring slices (:func:`~WeakTumorSegLib.stages.fusion.smooth_across_slices`);
 3. :func:`segment_patches`: S_US and S_OS run on the gated patches and are fused with
    w = 2(p - 0.5) (:mod:`WeakTumorSegLib.stages.fusion`); a bundle with a final segmenter
-   (``final``, trained on the fused pipeline's filtered masks) also runs it on the gated patches,
-   and its map becomes the main one, averaged with the fused map by ``settings.final_weight``, or
-   with ``settings.final_mode`` ``extend`` only where it extends a lesion of the fused mask (step
-   6, after the component filter); the fused mask still gives the difference score and flags;
+   (``final``, trained on the fused pipeline's filtered masks) also runs it on the gated patches
+   (with the bundle's ``final.context`` neighbouring slices, :meth:`Tiling.with_neighbours`), and
+   its map becomes the main one, averaged with the fused map by ``settings.final_weight``, or with
+   ``settings.final_mode`` ``extend`` only where it extends a lesion of the fused mask (step 6,
+   after the component filter); the fused mask still gives the difference score and flags;
 4. :func:`convert`: the converter U turns the FLAIR of the gated patches into its healthy variant;
 5. :func:`seed_masks`: optionally, C's seeds of the gated patches (``seeds.method``)
    (:mod:`WeakTumorSegLib.stages.seeds`);
@@ -147,9 +148,9 @@ def classify(classifier: torch.nn.Module, vol: Prepared, settings: InferenceSett
 
 def segment_patches(models: Mapping[str, torch.nn.Module], vol: Prepared, p: np.ndarray, gated: np.ndarray,
                     settings: InferenceSettings, device: torch.device, say: ProgressFn,
-                    extra: Sequence[str] = ()) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                    extra: Sequence[str] = (), final_context: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Step 3: the fused map of every patch (zero where gated out), and the gated maps of the
-    ``extra`` segmenters."""
+    ``extra`` segmenters; a final segmenter reads ``final_context`` neighbouring slices on each side."""
     size, batch = vol.patches.shape[-1], settings.batch_size
     fused = np.zeros((len(vol.patches), size, size), dtype=np.float32)
     say("segment", 0, len(gated))
@@ -175,7 +176,8 @@ def segment_patches(models: Mapping[str, torch.nn.Module], vol: Prepared, p: np.
         maps = np.zeros_like(fused)
         if len(gated):
             net = models[FINAL]
-            maps[gated] = batched(lambda xb: net(xb)[:, 0], vol.patches[gated], batch, device)
+            x = vol.tiling.with_neighbours(vol.patches, gated, final_context)
+            maps[gated] = batched(lambda xb: net(xb)[:, 0], x, batch, device)
         w = 1.0 if settings.final_mode == "extend" else settings.final_weight  # extend: postprocess() combines
         single[FINAL] = maps if w == 1.0 else w * maps + (1.0 - w) * fused
     return fused, single
@@ -351,7 +353,8 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
         gate_w[gated] = 1
         timings["classify"] = time.perf_counter() - t
         t = time.perf_counter()
-        fused, single = segment_patches(models, vol, p, gated, settings, device, say, extra_models)
+        fused, single = segment_patches(models, vol, p, gated, settings, device, say, extra_models,
+                                        bundle.final_context)
         timings["segment"] = time.perf_counter() - t
         t = time.perf_counter()
         say("convert", 0, len(gated))

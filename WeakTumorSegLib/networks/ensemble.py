@@ -11,9 +11,11 @@ from torch import nn
 
 from .dcgan import UNet
 from .mixed import MixedUNet
+from .unet2d import MixedUNet2D, UNet2D
 
 #: Architectures a :class:`SegmenterEnsemble` can be made of.
-SEGMENTER_MEMBERS: dict[str, type[nn.Module]] = {"unet": UNet, "unet_mixed": MixedUNet}
+SEGMENTER_MEMBERS: dict[str, type[nn.Module]] = {"unet": UNet, "unet_mixed": MixedUNet, "unet2d": UNet2D,
+                                                  "unet2d_mixed": MixedUNet2D}
 
 
 class SegmenterEnsemble(nn.Module):

@@ -11,6 +11,7 @@ from .classifiers import ClassifierEnsemble, CompactClassifier, VGG16BNClassifie
 from .dcgan import Discriminator, Encoder, Generator, UNet
 from .ensemble import SegmenterEnsemble
 from .mixed import MixedUNet
+from .unet2d import MixedUNet2D, UNet2D
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     "vgg16_bn": VGG16BNClassifier,
@@ -21,6 +22,8 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     "encoder": Encoder,
     "unet": UNet,
     "unet_mixed": MixedUNet,
+    "unet2d": UNet2D,
+    "unet2d_mixed": MixedUNet2D,
     "segmenter_ensemble": SegmenterEnsemble,
     "axis_attention": AxisAttention,
 }

@@ -54,6 +54,24 @@ class Tiling:
         """Slice index of every patch, in the order :meth:`extract` returns them."""
         return np.repeat(np.arange(self.slices), self.per_slice)
 
+    def neighbours(self, index: np.ndarray, context: int) -> np.ndarray:
+        """``(len(index), 2 context + 1)``: for each patch in ``index``, the patches at the same place
+        on the slices ``context`` below to ``context`` above its own (the nearest slice of the
+        volume beyond its ends), in slice order; the middle column is ``index`` itself."""
+        index = np.asarray(index, dtype=np.int64)
+        s, place = np.divmod(index, self.per_slice)
+        offsets = np.arange(-int(context), int(context) + 1)
+        return np.clip(s[:, None] + offsets, 0, self.slices - 1) * self.per_slice + place[:, None]
+
+    def with_neighbours(self, patches: np.ndarray, index: np.ndarray, context: int) -> np.ndarray:
+        """The ``(len(index), C (2 context + 1), P, P)`` input of a 2.5D network: the channels of each
+        patch's :meth:`neighbours`, slice by slice (lowest slice first), from ``(count, C, P, P)``
+        ``patches``. ``context`` 0 gives ``patches[index]``."""
+        if not context:
+            return patches[index]
+        n = len(index)
+        return patches[self.neighbours(index, context)].reshape(n, -1, *patches.shape[-2:])
+
     def _padded_hw(self) -> tuple[int, int]:
         return max(self.height, self.patch), max(self.width, self.patch)
 

@@ -27,11 +27,14 @@ class SiteAugmentation:
     bias: float = 0.15
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None,
-                 maps: torch.Tensor | None = None):
+                 maps: torch.Tensor | None = None, per_slice: int | None = None):
         """Augment a ``(B, C, H, W)`` batch of images in [0, 1] with a zero background. With ``maps``
         (``(B, K, H, W)`` label maps), returns ``(images, maps)``, the maps moved by the same
-        geometry (nearest neighbour, zero outside) and their intensities untouched."""
+        geometry (nearest neighbour, zero outside) and their intensities untouched. With
+        ``per_slice``, the channels are several slices of ``per_slice`` channels each (2.5D), and
+        every slice's channel k gets the same intensity change."""
         b, c, h, w = x.shape
+        draws = per_slice or c
 
         def uniform(*shape: int, lo: float = -1.0, hi: float = 1.0) -> torch.Tensor:
             return lo + (hi - lo) * torch.rand(*shape, generator=generator)
@@ -46,10 +49,12 @@ class SiteAugmentation:
         out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         inside = F.grid_sample((x > 0).any(1, keepdim=True).float(), grid, mode="nearest", padding_mode="zeros",
                                align_corners=False)
-        gamma = torch.exp(uniform(b, c) * self.log_gamma).to(x)[:, :, None, None]
-        contrast = (1.0 + uniform(b, c) * self.contrast).to(x)[:, :, None, None]
-        field = 1.0 + self.bias * F.interpolate(uniform(b, c, 4, 4), size=(h, w), mode="bilinear",
+        gamma = torch.exp(uniform(b, draws) * self.log_gamma).to(x)[:, :, None, None]
+        contrast = (1.0 + uniform(b, draws) * self.contrast).to(x)[:, :, None, None]
+        field = 1.0 + self.bias * F.interpolate(uniform(b, draws, 4, 4), size=(h, w), mode="bilinear",
                                                 align_corners=False).to(x)
+        if draws != c:
+            gamma, contrast, field = (t.repeat(1, c // draws, 1, 1) for t in (gamma, contrast, field))
         out = (out.clamp(0.0, 1.0) ** gamma * contrast * field).clamp(0.0, 1.0) * inside
         if maps is None:
             return out

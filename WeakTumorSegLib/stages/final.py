@@ -23,6 +23,9 @@ import torch.nn.functional as F
 
 #: the final segmenter's trainers (:mod:`WeakTumorSegLib.training.final`)
 TRAINERS = ("self", "mixed", "em")
+#: ``final.architecture`` -> the registered network: the DCGAN U-Net of Yoo et al.'s segmenters
+#: (:mod:`WeakTumorSegLib.networks.dcgan`) or the standard U-Net (:mod:`WeakTumorSegLib.networks.unet2d`).
+FINAL_ARCHITECTURES = {"dcgan": "unet", "unet2d": "unet2d"}
 EMPTY, MASKED, WEAK, EXCLUDED = 0, 1, 2, 3
 KIND_NAMES = {EMPTY: "empty", MASKED: "masked", WEAK: "weak", EXCLUDED: "excluded"}
 #: numerical floor of the log in the cross-entropies

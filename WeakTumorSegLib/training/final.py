@@ -52,7 +52,7 @@ from ..metrics import per_slice_dice
 from ..networks.ensemble import SegmenterEnsemble
 from ..networks.registry import build
 from ..stages.augmentation import SiteAugmentation
-from ..stages.final import EMPTY, MASKED, TRAINERS, WEAK, mixed_loss
+from ..stages.final import EMPTY, FINAL_ARCHITECTURES, MASKED, TRAINERS, WEAK, mixed_loss
 from ..stages.partial_labels import UNKNOWN, e_step, em_loss, fit_prior
 from .checkpoint import remove_checkpoint
 from .final_data import FinalTiles, collect_tiles
@@ -65,11 +65,17 @@ STAGE = "final"
 
 
 def final_architecture(config: Mapping, n_channels: int) -> tuple[str, dict]:
-    """``(architecture, kwargs)`` of the final network for ``config["final"]`` (an ensemble of
-    ``final.members`` such networks when it is above 1)."""
+    """``(architecture, kwargs)`` of the final network for ``config["final"]`` on ``n_channels``
+    channels per slice (an ensemble of ``final.members`` such networks when it is above 1)."""
     c = config["final"]
-    kwargs = {"in_channels": n_channels, "out_channels": 1, "width": c["width"], "latent": c["latent"]}
-    arch = ("unet_mixed", {**kwargs, "hidden": c["hidden"]}) if c["trainer"] == "mixed" else ("unet", kwargs)
+    n_channels *= 2 * int(c.get("context", 0)) + 1
+    kind = c.get("architecture", "dcgan")
+    if kind not in FINAL_ARCHITECTURES:
+        raise ValueError(f"final.architecture must be one of {', '.join(FINAL_ARCHITECTURES)}, got {kind!r}")
+    kwargs = {"in_channels": n_channels, "out_channels": 1, "width": c["width"]}
+    kwargs.update({"latent": c["latent"]} if kind == "dcgan" else {"levels": int(c.get("levels", 4))})
+    name = FINAL_ARCHITECTURES[kind]
+    arch = (f"{name}_mixed", {**kwargs, "hidden": c["hidden"]}) if c["trainer"] == "mixed" else (name, kwargs)
     members = int(c.get("members", 1))
     if members > 1:
         return "segmenter_ensemble", {"architecture": arch[0], "kwargs": arch[1], "members": members}
@@ -113,12 +119,13 @@ def train_final(run: TrainingRun, bundle: Bundle, cases: list[Case],
         return run.load_weights(STAGE, STAGE, model), info
     t0 = time.perf_counter()
     annotations = dict(annotations or {})
+    context = int(c.get("context", 0))
     run.log(f"{STAGE}: labelling {len(cases)} patients with the fused pipeline"
             + (f", {len(annotations)} of them with their reviewed exports" if annotations else ""))
     tiles = collect_tiles(bundle, cases, run.device, int(run.config["data"].get("erosion", 0)), trainer == "em",
                           lambda d, t: run.progress("final labels", d, t), annotations, c.get("grow"),
-                          bool(c.get("pseudo_masks", True)))
-    info = {"trainer": trainer, "rounds": int(c.get("rounds", 1)), "patients": len(cases),
+                          bool(c.get("pseudo_masks", True)), context)
+    info = {"trainer": trainer, "rounds": int(c.get("rounds", 1)), "context": context, "patients": len(cases),
             "annotated_patients": sorted(annotations), "labels": {"round1": label_report(run, tiles)}}
     model = train_members(run, tiles, model, c, trainer, bundle, "_round1")
     for r in range(2, int(c.get("rounds", 1)) + 1):
@@ -195,7 +202,7 @@ def em_targets(run: TrainingRun, tiles: FinalTiles, bundle: Bundle, c: Mapping) 
     partial[weak] = np.where(tiles.pos[weak] > 0, 1, np.where(tiles.neg[weak] > 0, 0, UNKNOWN))
     tissue = tiles.x.any(1)
     partial[~tissue] = 0
-    flair = bundle.channels.index(bundle.flair_channel)
+    flair = int(c.get("context", 0)) * len(bundle.channels) + bundle.channels.index(bundle.flair_channel)  # own slice
     healthy = run.predict(bundle.models["converter"], torch.from_numpy(tiles.x[:, flair:flair + 1]))[:, 0].numpy()
     feats = np.concatenate([tiles.x, np.abs(tiles.x[:, flair] - healthy)[:, None],
                             tiles.fused.astype(np.float32)[:, None]], 1)  # (N, F, P, P)
@@ -242,6 +249,7 @@ def train_round(run: TrainingRun, tiles: FinalTiles, model: nn.Module, c: Mappin
     opt = torch.optim.Adam(model.parameters(), lr=float(c["lr"]), betas=tuple(c["betas"]))
     sched = torch.optim.lr_scheduler.StepLR(opt, halve, 0.5)
     aug = SiteAugmentation() if c.get("augment", True) else None
+    per_slice = len(bundle.channels)  # with a context, each slice's channels get the same intensity change
     run.seed_rank(STAGE, member)
     gen = torch.Generator().manual_seed(run.seed * 7919 + len(tag) + 104729 * member)
 
@@ -258,7 +266,7 @@ def train_round(run: TrainingRun, tiles: FinalTiles, model: nn.Module, c: Mappin
         xb = x[ids]
         maps = targets[ids] if trainer == "em" else masks[ids][:, None]
         if aug is not None:
-            xb, maps = aug(xb, gen, maps)
+            xb, maps = aug(xb, gen, maps, per_slice)
         xb, maps = xb.to(run.device), maps.to(run.device)
         if trainer == "mixed":
             prob, logit = ddp(xb, with_logit=True)
@@ -279,7 +287,7 @@ def train_round(run: TrainingRun, tiles: FinalTiles, model: nn.Module, c: Mappin
         return {"loss": loss.item(), **parts}
 
     train_epochs(run, STAGE, {STAGE: model}, {STAGE: opt}, {"step": sched}, epochs, len(pool), batch, step,
-                 validation(run, model, bundle), tag=tag, member=member)
+                 None if c.get("context") else validation(run, model, bundle), tag=tag, member=member)
     return model.eval()
 
 

@@ -34,7 +34,7 @@ from ..stages.label_refinement import grow_labels
 class FinalTiles:
     """Training tiles of the final segmenter; arrays are indexed by tile."""
 
-    x: np.ndarray  #: (N, C, P, P) float32, preprocessed like inference
+    x: np.ndarray  #: (N, C, P, P) float32, preprocessed like inference (C: channels x slices with a context)
     kind: np.ndarray  #: (N,) uint8, EMPTY / MASKED / WEAK / EXCLUDED
     label: np.ndarray  #: (N,) uint8 image label (tumour in the tile)
     mask: np.ndarray  #: (N, P, P) uint8, the full label of EMPTY and MASKED tiles (zeros elsewhere)
@@ -101,13 +101,15 @@ def annotated_kinds(annotation: Annotation, case: Case, code: str, erosion: int)
 
 
 def case_tiles(bundle: Bundle, case: Case, device: torch.device, erosion: int, with_em: bool,
-               annotation: Annotation | None = None, grow: float | None = None, pseudo_masks: bool = True) -> dict:
+               annotation: Annotation | None = None, grow: float | None = None, pseudo_masks: bool = True,
+               context: int = 0) -> dict:
     """One patient's tiles, kinds and labels (see the module docstring); with ``annotation`` the
     reviewed export gives them instead of the fused pipeline (:func:`annotated_kinds`). With
     ``grow``, the pipeline's trusted masks grow into its probability above ``grow``
     (:func:`~WeakTumorSegLib.stages.label_refinement.grow_labels`); a reviewer's never do. Without
     ``pseudo_masks``, a patient without an export gives slice labels only (its tumour slices weak,
-    as Mlynarski et al.'s image-labelled scans)."""
+    as Mlynarski et al.'s image-labelled scans). With ``context``, a tile's input holds the channels
+    of that many neighbouring slices on each side (2.5D, as inference gives them)."""
     volume = read_channels({c: case.channels[c] for c in bundle.channels})
     geometry = case.geometry(volume.geometry)
     settings = bundle.settings(final_weight=0.0)  # the fused pipeline labels, even when the bundle has a final network
@@ -134,7 +136,7 @@ def case_tiles(bundle: Bundle, case: Case, device: torch.device, erosion: int, w
         p = classify(bundle.models["classifier"], vol, settings, device, lambda *a: None)
     kind, label = tile_kinds(kinds, vol.tiling.slice_of(), mask, vol.tissue, p)
     keep = np.flatnonzero(kind != EXCLUDED)
-    out = {"x": vol.patches[keep], "kind": kind[keep], "label": label[keep],
+    out = {"x": vol.tiling.with_neighbours(vol.patches, keep, context), "kind": kind[keep], "label": label[keep],
            "mask": (mask[keep] & (kind[keep] == MASKED)[:, None, None]).astype(np.uint8),
            "proposal": proposal[keep].astype(np.uint8), "reviewed": np.full(len(keep), annotation is not None),
            "slice_index": vol.tiling.slice_of()[keep].astype(np.int32)}
@@ -151,13 +153,14 @@ def case_tiles(bundle: Bundle, case: Case, device: torch.device, erosion: int, w
 def collect_tiles(bundle: Bundle, cases: Sequence[Case], device: torch.device, erosion: int = 0,
                   with_em: bool = False, progress: Callable[[int, int], None] | None = None,
                   annotations: Mapping[str, Annotation] | None = None, grow: float | None = None,
-                  pseudo_masks: bool = True) -> FinalTiles:
+                  pseudo_masks: bool = True, context: int = 0) -> FinalTiles:
     """:func:`case_tiles` of every case (with its reviewed export from ``annotations``, keyed by
     patient id, where it has one, the pipeline's masks grown above ``grow``, or none of its masks
-    without ``pseudo_masks``), concatenated."""
+    without ``pseudo_masks``, each tile with ``context`` neighbouring slices), concatenated."""
     parts, ids = [], []
     for i, case in enumerate(cases):
-        part = case_tiles(bundle, case, device, erosion, with_em, (annotations or {}).get(case.id), grow, pseudo_masks)
+        part = case_tiles(bundle, case, device, erosion, with_em, (annotations or {}).get(case.id), grow, pseudo_masks,
+                          context)
         if part:
             part["patient"] = np.full(len(part["kind"]), len(ids), np.int32)
             parts.append(part)

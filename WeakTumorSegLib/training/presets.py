@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..stages.classifier import AUGMENTATIONS
-from ..stages.final import TRAINERS
+from ..stages.final import FINAL_ARCHITECTURES, TRAINERS
 from ..stages.seeds import SeedSettings
 
 _PAPER = {
@@ -90,9 +90,12 @@ _PAPER = {
     # trusted masks grow into the fused probability above it (stages.label_refinement); members:
     # that many networks trained one after another, their maps averaged; rounds 2
     # relabels the tumour tiles with round 1's network where it agrees with the fused mask;
-    # pseudo_masks false: only reviewed exports give masks (Mlynarski et al.'s setting)
+    # pseudo_masks false: only reviewed exports give masks (Mlynarski et al.'s setting); architecture
+    # 'dcgan' (the segmenters' U-Net, latent) or 'unet2d' (the standard U-Net, levels; networks.unet2d);
+    # context: the network also reads that many neighbouring slices on each side (2.5D)
     "final": {"trainer": None, "members": 1, "grow": None, "pseudo_masks": True, "rounds": 1, "agreement": 0.7,
-              "width": 16, "latent": 100, "hidden": 64, "epochs": 16, "batch": 16, "lr": 1e-3, "halve_every": 8,
+              "architecture": "dcgan", "levels": 4, "context": 0, "width": 16, "latent": 100, "hidden": 64,
+              "epochs": 16, "batch": 16, "lr": 1e-3, "halve_every": 8,
               "betas": [0.9, 0.999], "min_steps": 600, "augment": True, "balanced": True, "t0": 0.7, "t1": 0.3,
               "a": 0.7, "k": 8, "m": 4, "n": 8, "lam": 1.0, "prior_steps": 600, "prior_pixels": 200000},
     # the bundle's inference section (bundle.settings.InferenceSettings); the four post-processing
@@ -222,6 +225,16 @@ def resolve_config(preset: str = "default", config_file: str | Path | None = Non
     members = (config.get("final") or {}).get("members", 1)
     if not _whole_number(members):
         raise InputError(f"final.members must be a whole number of at least 1, got {members!r}", config_file)
+    arch = (config.get("final") or {}).get("architecture", "dcgan")
+    if arch not in FINAL_ARCHITECTURES:
+        raise InputError(f"final.architecture must be one of {', '.join(FINAL_ARCHITECTURES)}, got {arch!r}",
+                         config_file)
+    levels = (config.get("final") or {}).get("levels", 4)
+    if not _whole_number(levels) or not 1 <= levels <= 7:
+        raise InputError(f"final.levels must be a whole number from 1 to 7, got {levels!r}", config_file)
+    context = (config.get("final") or {}).get("context", 0)
+    if isinstance(context, bool) or not isinstance(context, int) or not 0 <= context <= 3:
+        raise InputError(f"final.context must be a whole number from 0 to 3, got {context!r}", config_file)
     grow = (config.get("final") or {}).get("grow")
     if grow is not None and (isinstance(grow, bool) or not isinstance(grow, (int, float)) or not 0 < grow < 1):
         raise InputError(f"final.grow must be null or a probability between 0 and 1, got {grow!r}", config_file)
