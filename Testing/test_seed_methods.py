@@ -19,6 +19,7 @@ from WeakTumorSegLib.networks.classifiers import CompactClassifier, VGG16BNClass
 from WeakTumorSegLib.preprocessing.intensity import PreprocessConfig
 from WeakTumorSegLib.stages.seeds import (SeedSettings, SuperpixelConfig, class_maps, classifier_superpixels,
                                           explanation_maps, fit_attention, superpixel_relevance, superpixels)
+from WeakTumorSegLib.stages.seeds.gates import normalize_maps
 from WeakTumorSegLib.stages.seeds.superpixel import pool_over_superpixels
 from WeakTumorSegLib.stages.seeds.cam import gradcam
 from WeakTumorSegLib.training.presets import resolve_config
@@ -116,6 +117,26 @@ def test_pooling_over_superpixels_averages_each_one_and_keeps_the_background_emp
     torch.testing.assert_close(pooled, torch.tensor([[[0.5, 0.5, 0.6], [0.0, 0.6, 0.6]]]))
 
 
+def test_pooled_seeds_follow_the_tumour_border_that_a_blob_spills_over():
+    # the default preset's seeds (seeds.pool_segments 25): a smooth explanation blob centred off the
+    # tumour and wider than it, averaged over the FLAIR's superpixels, puts S+ inside the bright
+    # tumour and over more of it (measured: S+ precision 0.82 -> 1.00, coverage 0.27 -> 0.49)
+    y, x = np.mgrid[:128, :128]
+    head = (y - 64) ** 2 + (x - 64) ** 2 < 55 ** 2
+    tumour = (y - 50) ** 2 + (x - 75) ** 2 < 14 ** 2
+    noise = 0.03 * np.random.default_rng(0).standard_normal((128, 128))
+    flair = np.clip(np.where(head, 0.4 + noise, 0.0) + np.where(tumour, 0.45, 0.0), 0, 1).astype(np.float32)
+    blob = torch.from_numpy(np.exp(-((y - 56) ** 2 + (x - 68) ** 2) / (2 * 12.0 ** 2)).astype(np.float32))[None]
+    settings = SeedSettings(pool_segments=25)
+    labels = torch.from_numpy(superpixels(flair[None], settings.pool_segments, settings.superpixel.compactness))
+    scores = {}
+    for name, m in (("plain", blob), ("pooled", pool_over_superpixels(blob, labels))):
+        pos = (normalize_maps(m)[0] > settings.positive).numpy()
+        scores[name] = ((pos & tumour).sum() / pos.sum(), (pos & tumour).sum() / tumour.sum())
+    assert scores["pooled"][0] > 0.95 and scores["plain"][0] < 0.9
+    assert scores["pooled"][1] > scores["plain"][1] + 0.1
+
+
 def test_superpixels_cover_the_tissue_only():
     img = np.zeros((1, 64, 64))
     img[0, 8:56, 8:56] = np.linspace(0.1, 1, 48)[None, :]
@@ -195,7 +216,8 @@ def test_every_method_gives_seeds_on_the_phantom_tumour_in_segment(standin, phan
 
 def test_seed_settings_from_config_and_refused_values(tmp_path):
     s = SeedSettings.from_config(resolve_config("default"))
-    assert s.method == "gradcam" and s.rise.n_masks == 200 and s.rise.positive_flair_quantile == 0.9
+    assert s.method == "gradcam" and s.pool_segments == 25 and s.rise.n_masks == 200
+    assert s.rise.positive_flair_quantile == 0.9
     assert SeedSettings.from_config(resolve_config("paper")).method == "rise"
     assert SeedSettings.from_config({"rise": {"n_masks": 10}}).method == "rise"  # a bundle from before seeds
     for bad in ({"seeds": {"method": "lime"}}, {"seeds": {"perturbation": "noise"}},

@@ -14,7 +14,7 @@ ACAM needs the attention: the bundle's, or one fitted here on the bundle's train
 ``--data`` (as the seeds stage would). Choose settings with ``--patients train`` on an inner split;
 ``--patients val`` is for a shipped bundle, once.
 
-    python benchmarks/seed_methods.py --bundle B --data DIR --patients train \
+    python benchmarks/seed_methods.py --bundle B --data DIR [--geometry G] --patients train \
         --variant rise --variant 'sp100={"method": "superpixel", "n_segments": 100}' --json seeds.json
 """
 
@@ -40,8 +40,8 @@ from WeakTumorSegLib.stages.seeds import (SeedSettings, explanation_maps, extend
 from WeakTumorSegLib.training.slices import load_slices  # noqa: E402
 
 
-def slices_of(bundle: Bundle, data: Path, ids: list[str]):
-    cases = [c for c in discover(data, bundle.channels, None) if c.id in set(ids)]
+def slices_of(bundle: Bundle, data: Path, ids: list[str], geometry: Path | None = None):
+    cases = [c for c in discover(data, bundle.channels, geometry) if c.id in set(ids)]
     pp = PreprocessConfig.from_dict(bundle.config["preprocessing"])
     return load_slices(cases, bundle.channels, pp, bundle.config["patch_size"], 0, 0.5, 0,
                        flair=bundle.flair_channel)
@@ -70,6 +70,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", required=True)
     ap.add_argument("--data", required=True, help="cohort folder holding the patients (with masks)")
+    ap.add_argument("--geometry", type=Path, default=None,
+                    help="the cohort's declared geometry (JSON; default: DATA/geometry.json if present), as for "
+                         "evaluate: TCGA-LGG needs Resources/Cohorts/tcga-lgg.geometry.json")
     ap.add_argument("--patients", default="train", choices=["train", "val"],
                     help="the bundle's training or validation patients")
     ap.add_argument("--variant", action="append", default=[],
@@ -83,7 +86,7 @@ def main(argv=None) -> int:
     bundle = Bundle.load(args.bundle)
     split = bundle.config["training"]["split"]
     data = Path(args.data)
-    s = slices_of(bundle, data, split[args.patients])
+    s = slices_of(bundle, data, split[args.patients], args.geometry)
     tumour = np.flatnonzero(s.label > 0)
     if args.limit:
         tumour = tumour[np.random.default_rng(0).permutation(len(tumour))[:args.limit]]
@@ -105,7 +108,7 @@ def main(argv=None) -> int:
         fit_seconds = 0.0
         if settings.method == "acam" and attention is None:
             t = time.perf_counter()
-            train = slices_of(bundle, data, split["train"])
+            train = slices_of(bundle, data, split["train"], args.geometry)
             attention, _ = fit_attention(bundle.models["classifier"], torch.from_numpy(train.x),
                                          torch.from_numpy(train.label), settings.attention_steps,
                                          settings.attention_lr)
