@@ -38,7 +38,6 @@ class UNet2D(nn.Module):
         self.up = nn.ModuleList(nn.ConvTranspose2d(b, a, 2, 2) for a, b in zip(widths[:-1], widths[1:]))
         self.merge = nn.ModuleList(_double_conv(2 * a, a) for a in widths[:-1])
         self.head = nn.Conv2d(widths[0], out_channels, 1)
-        self.width = width
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The last decoder feature map, ``(B, width, H, W)``."""
