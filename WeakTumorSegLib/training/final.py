@@ -69,9 +69,7 @@ def final_architecture(config: Mapping, n_channels: int) -> tuple[str, dict]:
     channels per slice (an ensemble of ``final.members`` such networks when it is above 1)."""
     c = config["final"]
     n_channels *= 2 * int(c.get("context", 0)) + 1
-    kind = c.get("architecture", "dcgan")
-    if kind not in FINAL_ARCHITECTURES:
-        raise ValueError(f"final.architecture must be one of {', '.join(FINAL_ARCHITECTURES)}, got {kind!r}")
+    kind = c.get("architecture", "dcgan")  # checked with the configuration (presets.resolve_config)
     kwargs = {"in_channels": n_channels, "out_channels": 1, "width": c["width"]}
     kwargs.update({"latent": c["latent"]} if kind == "dcgan" else {"levels": int(c.get("levels", 4))})
     name = FINAL_ARCHITECTURES[kind]

@@ -221,25 +221,7 @@ def resolve_config(preset: str = "default", config_file: str | Path | None = Non
     if config["seeds"].get("method") == "acam" and config["classifier"]["architecture"] != "compact_classifier":
         raise InputError("seeds.method 'acam' needs classifier.architecture 'compact_classifier' (a linear head on "
                          "pooled features); use 'gradcam', 'rise' or 'superpixel'", config_file)
-    trainer = (config.get("final") or {}).get("trainer")
-    if trainer is not None and trainer not in TRAINERS:
-        raise InputError(f"final.trainer must be null or one of {', '.join(TRAINERS)}, got {trainer!r}", config_file)
-    members = (config.get("final") or {}).get("members", 1)
-    if not _whole_number(members):
-        raise InputError(f"final.members must be a whole number of at least 1, got {members!r}", config_file)
-    arch = (config.get("final") or {}).get("architecture", "dcgan")
-    if arch not in FINAL_ARCHITECTURES:
-        raise InputError(f"final.architecture must be one of {', '.join(FINAL_ARCHITECTURES)}, got {arch!r}",
-                         config_file)
-    levels = (config.get("final") or {}).get("levels", 4)
-    if not _whole_number(levels) or not 1 <= levels <= 7:
-        raise InputError(f"final.levels must be a whole number from 1 to 7, got {levels!r}", config_file)
-    context = (config.get("final") or {}).get("context", 0)
-    if isinstance(context, bool) or not isinstance(context, int) or not 0 <= context <= 3:
-        raise InputError(f"final.context must be a whole number from 0 to 3, got {context!r}", config_file)
-    grow = (config.get("final") or {}).get("grow")
-    if grow is not None and (isinstance(grow, bool) or not isinstance(grow, (int, float)) or not 0 < grow < 1):
-        raise InputError(f"final.grow must be null or a probability between 0 and 1, got {grow!r}", config_file)
+    _check_final(config.get("final") or {}, config_file)
     disc_width = config["converter"].get("disc_width")
     if disc_width is not None and not _whole_number(disc_width):
         raise InputError(f"converter.disc_width must be null or a whole number of at least 1, got {disc_width!r}",
@@ -268,6 +250,29 @@ def final_only_config(bundle_config: Mapping, preset: str = "default", config_fi
     if not config["final"].get("trainer"):
         raise InputError("final.trainer is null: set it (self, mixed or em) in --config", config_file or where)
     return config
+
+
+def _check_final(final: Mapping, config_file: str | Path | None) -> None:
+    """Refuse a ``final`` section whose trainer, members, architecture, levels, context or grow is invalid."""
+    trainer = final.get("trainer")
+    if trainer is not None and trainer not in TRAINERS:
+        raise InputError(f"final.trainer must be null or one of {', '.join(TRAINERS)}, got {trainer!r}", config_file)
+    members = final.get("members", 1)
+    if not _whole_number(members):
+        raise InputError(f"final.members must be a whole number of at least 1, got {members!r}", config_file)
+    arch = final.get("architecture", "dcgan")
+    if arch not in FINAL_ARCHITECTURES:
+        raise InputError(f"final.architecture must be one of {', '.join(FINAL_ARCHITECTURES)}, got {arch!r}",
+                         config_file)
+    levels = final.get("levels", 4)
+    if not _whole_number(levels) or not 1 <= levels <= 7:
+        raise InputError(f"final.levels must be a whole number from 1 to 7, got {levels!r}", config_file)
+    context = final.get("context", 0)
+    if isinstance(context, bool) or not isinstance(context, int) or not 0 <= context <= 3:
+        raise InputError(f"final.context must be a whole number from 0 to 3, got {context!r}", config_file)
+    grow = final.get("grow")
+    if grow is not None and (isinstance(grow, bool) or not isinstance(grow, (int, float)) or not 0 < grow < 1):
+        raise InputError(f"final.grow must be null or a probability between 0 and 1, got {grow!r}", config_file)
 
 
 def _whole_number(value) -> bool:
