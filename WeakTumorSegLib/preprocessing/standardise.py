@@ -10,8 +10,9 @@ whose pLGG images came from one scanner protocol and were skull-stripped and reg
    copies of one image);
 3. **working grid**: the in-plane box of the head is cropped and resampled to the bundle's
    in-plane spacing (``preprocessing.spacing_mm``; :mod:`.crop`);
-4. **brain**: the brain is extracted from the FLAIR on the working grid (:mod:`.brain`), or, for
-   an input found to be skull-stripped already, taken as its non-background;
+4. **brain**: the brain is extracted from the FLAIR on the working grid (``brain_extraction``:
+   the own method of :mod:`.brain` or deepbet's networks, :mod:`.deepbet_brain`), or, for an
+   input found to be skull-stripped already, taken as its non-background;
 5. **intensity**: each channel is clipped to the ``clip_percentiles`` of its brain voxels and
    min-max scaled to [0, 1]; everything outside the brain is 0 (Yoo et al., section 3.1, on
    the brain only);
@@ -33,8 +34,13 @@ import numpy as np
 from ..io.orientation import CANONICAL
 from .brain import brain_mask, fill_slices, scale01, skull_stripped
 from .crop import Crop, brain_bbox, plan_crop, to_input, to_working
+from .deepbet_brain import deepbet_mask
 from .intensity import PreprocessConfig, normalize_channels
 from .orientation import Reorientation
+
+
+#: ``preprocessing.brain_extraction``: its name -> ``(FLAIR on the working grid, spacing) -> brain``
+BRAIN_EXTRACTION = {"own": brain_mask, "deepbet": deepbet_mask}
 
 
 @dataclass
@@ -127,7 +133,7 @@ def standardise(channels: Mapping[str, np.ndarray], names: Sequence[str], pp: Pr
     crop = plan_crop(bbox, spacing[1] / pp.spacing_mm, spacing[2] / pp.spacing_mm)
     work = to_working(stack, crop)
     foreground = to_working((stack[:, fi:fi + 1] > 0).astype(np.float32), crop)[:, 0] > 0.5
-    brain = brain_mask(work[:, fi], pp.spacing_mm)
+    brain = BRAIN_EXTRACTION[pp.brain_extraction](work[:, fi], pp.spacing_mm)
     stripped = skull_stripped(foreground, brain)
     if stripped:
         brain = fill_slices(foreground)

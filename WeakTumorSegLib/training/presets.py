@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..errors import InputError
+from ..preprocessing.standardise import BRAIN_EXTRACTION
 from ..stages.classifier import AUGMENTATIONS
 from ..stages.final import FINAL_ARCHITECTURES, TRAINERS
 from ..stages.seeds import SeedSettings
@@ -28,7 +29,7 @@ _PAPER = {
     # 256^2 slices at their declared 0.9 mm. spacing_mm turns on the site-independent preprocessing
     # (preprocessing.standardise); inplane_scale is only read by bundles without it
     "preprocessing": {"clip_percentiles": [1.0, 99.0], "inplane_scale": 0.5, "brain_threshold": 0.0,
-                      "spacing_mm": 1.8},
+                      "spacing_mm": 1.8, "brain_extraction": "own"},
     # geometry: a declaration file of the cohort's true orientation and voxel size (io.cohort);
     # annotations: a folder of reviewed Slicer exports for the final segmenter (io.annotations)
     "data": {"erosion": 0, "max_zero_fraction": 0.5, "val_fraction": 0.2, "split_seed": 0, "val_patients": None,
@@ -222,6 +223,10 @@ def resolve_config(preset: str = "default", config_file: str | Path | None = Non
         raise InputError("seeds.method 'acam' needs classifier.architecture 'compact_classifier' (a linear head on "
                          "pooled features); use 'gradcam', 'rise' or 'superpixel'", config_file)
     _check_final(config.get("final") or {}, config_file)
+    extraction = config["preprocessing"].get("brain_extraction", "own")
+    if extraction not in BRAIN_EXTRACTION:
+        raise InputError(f"preprocessing.brain_extraction must be one of {', '.join(BRAIN_EXTRACTION)}, "
+                         f"got {extraction!r}", config_file)
     disc_width = config["converter"].get("disc_width")
     if disc_width is not None and not _whole_number(disc_width):
         raise InputError(f"converter.disc_width must be null or a whole number of at least 1, got {disc_width!r}",
