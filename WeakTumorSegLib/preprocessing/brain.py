@@ -59,6 +59,15 @@ def _disc(radius_px: float) -> np.ndarray:
     return (y * y + x * x) <= radius_px * radius_px + 1e-6
 
 
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest connected component (face-connected) of a boolean ``mask``; ``mask`` itself when
+    it has at most one."""
+    labels, n = ndi.label(mask)
+    if n <= 1:
+        return mask
+    return labels == (np.argmax(np.bincount(labels.ravel())[1:]) + 1)
+
+
 def brain_mask(flair: np.ndarray, spacing: float, erosion_mm: float = 6.0, fallback_mm: float = 10.0) -> np.ndarray:
     """The brain of a ``(slice, row, column)`` FLAIR with square in-plane voxels of ``spacing`` mm
     (bool, same shape); see the module docstring."""
@@ -75,9 +84,7 @@ def brain_mask(flair: np.ndarray, spacing: float, erosion_mm: float = 6.0, fallb
     tissue = head & (g > level)
     disc = _disc(erosion_mm / spacing)
     core = np.stack([ndi.binary_erosion(t, disc) for t in tissue])
-    labels, n = ndi.label(core)
-    if n:
-        core = labels == (np.argmax(np.bincount(labels.ravel())[1:]) + 1)
+    core = largest_component(core)
     for k in np.flatnonzero(head.any(axis=(1, 2))):
         deep = ndi.distance_transform_edt(head[k]) * spacing > fallback_mm
         grown = ndi.binary_dilation(core[k], disc) & tissue[k] if core[k].any() else core[k]

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 
 from ..errors import WeakTumorSegError
+from .brain import largest_component
 
 #: The version whose weight files were measured (docs/experiments.md); the ``deepbet`` extra of
 #: pyproject.toml pins it.
@@ -61,13 +62,6 @@ def _scaled(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Ten
     return 0.226 * x + 0.449
 
 
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    labels, n = ndi.label(mask)
-    if n <= 1:
-        return mask
-    return labels == (np.argmax(np.bincount(labels.ravel())[1:]) + 1)
-
-
 def _box(small: np.ndarray, shape: tuple[int, ...], margin: float = 0.1) -> tuple[slice, ...] | None:
     """The brain's box on the full grid from its mask on the small grid, ``margin`` of its size
     added on each side (as deepbet's ``get_bbox_with_margin``)."""
@@ -100,12 +94,12 @@ def deepbet_mask(flair: np.ndarray, spacing: float | None = None) -> np.ndarray:
     low, high = small.quantile(0.005), small.quantile(0.995)
     with torch.inference_mode():
         p_small = _network("box")(_scaled(small, low, high)[None, None])[0, 1]
-    box = _box(_largest_component(p_small.numpy() > 0.5), shape)
+    box = _box(largest_component(p_small.numpy() > 0.5), shape)
     if box is None:
         return np.zeros(flair.shape, dtype=bool)
     with torch.inference_mode():
         p = _network("brain")(_scaled(_resize(x[box], (256, 256, 256)), low, high)[None, None])[0, 1]
     mask = np.zeros(shape, dtype=bool)
     mask[box] = _resize(p, tuple(x[box].shape)).numpy() > 0.5
-    mask = ndi.binary_fill_holes(_largest_component(mask))
+    mask = ndi.binary_fill_holes(largest_component(mask))
     return np.ascontiguousarray(mask[::-1, ::-1, :].transpose(2, 0, 1))
