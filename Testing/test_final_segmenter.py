@@ -3,7 +3,9 @@ patients it never saw; ``segment`` writes its mask and says so; ``train --from-b
 learns from reviewed exports and refuses an export on another voxel grid than its image.
 
 One module-scoped training (the ``tiny`` preset with the final stage, 8 phantoms, about two
-minutes on 2 CPU cores) serves every test.
+minutes on 2 CPU cores) serves every test. The phantoms' tumours are large (radius 16 to 26
+pixels on 128): the fused model marks too little of them, the weakness the final segmenter
+exists to fix (on TCGA-LGG, large tumours gain most from it; docs/experiments.md).
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ N_PATIENTS = 8
 CHANNELS = ("flair", "t1", "t1ce")
 CONFIG = {
     "data": {"val_fraction": 0.25},
-    "final": {"trainer": "mixed", "epochs": 8, "halve_every": 6, "min_steps": 150, "width": 8, "latent": 32,
-              "hidden": 32, "k": 4, "m": 2, "n": 4},
+    "final": {"trainer": "mixed", "balanced": False, "epochs": 8, "halve_every": 6, "min_steps": 150, "width": 8,
+              "latent": 32, "hidden": 32, "k": 4, "m": 2, "n": 4},
 }
 
 
@@ -34,7 +36,8 @@ def trained(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("final")
     cohort = root / "cohort"
     for i in range(N_PATIENTS):
-        ph = make_phantom(shape=(24, 128, 128), n_tumors=1, tumor_slice_fraction=0.45, seed=400 + i)
+        ph = make_phantom(shape=(24, 128, 128), n_tumors=1, tumor_radius=(16, 26), tumor_slice_fraction=0.45,
+                          seed=400 + i)
         write_case(ph, cohort / f"p{i:02d}", f"p{i:02d}")
     config = root / "final.json"
     config.write_text(json.dumps(CONFIG))
@@ -50,12 +53,21 @@ def trained(tmp_path_factory) -> dict:
             "metrics": json.loads((evaluation / "metrics.json").read_text()), "log": proc.stdout}
 
 
-def test_final_network_segments_unseen_phantoms(trained):
-    # measured: final 0.867 against the fused model's 0.915 on these two phantoms; it does not beat it
+def test_final_network_beats_the_fused_model_on_unseen_phantoms(trained):
+    # trained on the fused pipeline's own filtered masks, the final network marks more of the large
+    # tumours, which the fused model covers in part. Measured on the two validation phantoms: 0.971
+    # against 0.959 with two threads (10,478 and 12,396 voxels marked against the fused model's 10,018
+    # and 11,983; the truth 10,764 and 12,950), 0.948 against 0.833 with one
     seg = trained["metrics"]["segmentation"]
     assert seg["final"]["available"]
-    assert seg["final"]["volumes"] == 2  # the validation phantoms, never used in training
-    assert seg["final"]["per_volume_3d"] >= 0.75, seg["final"]
+    assert seg["final"]["volumes"] == seg["fused"]["volumes"] == 2  # the validation phantoms, never trained on
+    assert seg["final"]["per_volume_3d"] >= seg["fused"]["per_volume_3d"] + 0.005, (seg["final"], seg["fused"])
+    with open(trained["root"] / "eval" / "per_volume.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:  # on each phantom, the final mask scores higher and its volume is nearer the truth
+        assert float(row["dice_3d_final"]) > float(row["dice_3d_fused"]), row
+        truth = int(row["truth_voxels"])
+        assert abs(int(row["voxels_final"]) - truth) < abs(int(row["voxels_fused"]) - truth), row
 
 
 def test_bundle_records_the_final_stage_and_its_labels(trained):
@@ -260,9 +272,9 @@ def test_final_ensemble_trains_on_top_of_a_bundle_and_segments_unseen_phantoms(t
     assert spec["models"]["final"]["architecture"] == "segmenter_ensemble"
     assert spec["models"]["final"]["kwargs"]["members"] == 2
     assert not list((Path(str(out) + ".run") / "stages" / "final").glob("checkpoint*"))  # cleaned up when done
-    # measured 0.69 against the single network's 0.87: averaging members that disagree shrinks the
-    # mask, as on TCGA-LGG (docs/experiments.md); the ensemble still lands on the unseen tumours
-    assert final["volumes"] == 2 and final["per_volume_3d"] >= 0.6, final
+    # measured 0.965 against the single network's 0.971 (on TCGA-LGG averaging members that disagree
+    # shrinks the mask, docs/experiments.md); the ensemble lands on the unseen tumours
+    assert final["volumes"] == 2 and final["per_volume_3d"] >= 0.8, final
 
 
 def test_final_network_with_slice_context_reads_its_neighbours_in_training_and_inference(trained, tmp_path):
@@ -270,5 +282,5 @@ def test_final_network_with_slice_context_reads_its_neighbours_in_training_and_i
     # evaluate give it the same input (a network on the wrong channel count would fail to run)
     _, spec, final = _retrain_final(trained, tmp_path, context=1)
     assert spec["final"]["context"] == 1 and spec["models"]["final"]["kwargs"]["in_channels"] == 3 * len(CHANNELS)
-    # measured 0.82 (one thread) against 0.86 without the context: it lands on the unseen tumours
-    assert final["volumes"] == 2 and final["per_volume_3d"] >= 0.65, final
+    # measured 0.875 against 0.971 without the context: it lands on the unseen tumours
+    assert final["volumes"] == 2 and final["per_volume_3d"] >= 0.7, final

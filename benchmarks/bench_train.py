@@ -78,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "read instead of training")
     p.add_argument("--out", type=Path, default=None,
                    help="bundle folder to write (must not exist; default with --phantoms: a temporary folder)")
+    p.add_argument("--geometry", type=Path, default=None,
+                   help="pass --geometry: the cohort's true orientation and spacing (TCGA-LGG: "
+                        "Resources/Cohorts/tcga-lgg.geometry.json)")
     p.add_argument("--preset", default="default", help="training preset (default: default)")
     p.add_argument("--config", type=Path, default=None,
                    help="JSON overrides passed to train --config (with --phantoms the default is the phantom "
@@ -117,6 +120,8 @@ def run_training(args: argparse.Namespace, data: Path, out: Path, run_dir: Path,
            "--threads", str(args.threads), "--progress", "json"]
     if config is not None:
         cmd += ["--config", str(config)]
+    if args.geometry is not None:
+        cmd += ["--geometry", str(args.geometry)]
     if args.resume:
         cmd.append("--resume")
     print("running: " + " ".join(cmd), flush=True)
