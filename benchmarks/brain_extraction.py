@@ -44,7 +44,7 @@ WORK_MM = 1.8
 def _on_working_grid(extract):
     def run(flair: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
         """``extract`` on the working grid, mapped back to the volume's grid."""
-        z, h, w = flair.shape
+        h, w = flair.shape[1:]
         crop = plan_crop((0, h, 0, w), spacing[1] / WORK_MM, spacing[2] / WORK_MM)
         work = to_working(flair[:, None], crop)[:, 0]
         return to_input(extract(work, WORK_MM).astype(np.float32), crop, (h, w)) > 0.5

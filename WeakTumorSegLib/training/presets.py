@@ -223,7 +223,7 @@ def resolve_config(preset: str = "default", config_file: str | Path | None = Non
         raise InputError("seeds.method 'acam' needs classifier.architecture 'compact_classifier' (a linear head on "
                          "pooled features); use 'gradcam', 'rise' or 'superpixel'", config_file)
     _check_final(config.get("final") or {}, config_file)
-    extraction = config["preprocessing"].get("brain_extraction", "own")
+    extraction = config["preprocessing"]["brain_extraction"]  # every preset sets it
     if extraction not in BRAIN_EXTRACTION:
         raise InputError(f"preprocessing.brain_extraction must be one of {', '.join(BRAIN_EXTRACTION)}, "
                          f"got {extraction!r}", config_file)
