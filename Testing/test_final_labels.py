@@ -18,6 +18,7 @@ from WeakTumorSegLib.stages.final import (
     WEAK,
     mixed_loss,
     pixel_weights,
+    soft_dice_loss,
     slice_kinds,
     tile_kinds,
 )
@@ -142,6 +143,21 @@ def test_mixed_loss_hand_value():
     loss, parts = mixed_loss(prob, logit, target, full, labels, 0.7, 0.3, 0.7)
     assert parts["seg"] == pytest.approx(seg, rel=1e-6) and parts["cls"] == pytest.approx(cls, rel=1e-6)
     assert loss.item() == pytest.approx(0.7 * seg + 0.3 * cls, rel=1e-6)
+
+
+def test_dice_term_hand_value_and_weak_images_left_out():
+    prob = torch.tensor([[[0.8, 0.4]], [[0.3, 0.1]], [[0.9, 0.9]]], dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([[[1.0, 0.0]], [[0.0, 0.0]], [[1.0, 1.0]]], dtype=torch.float64)
+    full = torch.tensor([True, True, False])  # image 2 is weak
+    # batch Dice over images 0 and 1, smooth 1: 1 - (2 * 0.8 + 1) / (1.6 + 1 + 1)
+    dice = 1 - (2 * 0.8 + 1) / (0.8 + 0.4 + 0.3 + 0.1 + 1 + 1)
+    assert soft_dice_loss(prob, target, full).item() == pytest.approx(dice, rel=1e-9)
+    seg = 0.3 * bce(0.8, 1) + 0.7 / 3 * (bce(0.4, 0) + bce(0.3, 0) + bce(0.1, 0))
+    loss, parts = mixed_loss(prob, None, target, full, torch.ones(3), 0.7, 0.3, 0.7, dice=0.5)
+    assert parts["seg"] == pytest.approx(seg + 0.5 * dice, rel=1e-6)
+    loss.backward()
+    assert (prob.grad[2] == 0).all()
+    assert prob.grad[0, 0, 0] < 0  # the tumour pixel is pushed up
 
 
 # ---------------------------------------------------------------------------------------------

@@ -71,7 +71,9 @@ def test_final_architecture_follows_the_config(tmp_path):
     for bad, message in (({"architecture": "resnet"}, "final.architecture must be one of dcgan, unet2d"),
                          ({"levels": 0}, "final.levels must be a whole number from 1 to 7"),
                          ({"context": -1}, "final.context must be a whole number from 0 to 3"),
-                         ({"context": True}, "final.context must be a whole number from 0 to 3")):
+                         ({"context": True}, "final.context must be a whole number from 0 to 3"),
+                         ({"dice": -1}, "final.dice must be a number of at least 0"),
+                         ({"trainer": "em", "dice": 1}, "final.dice applies to the self and mixed trainers")):
         path = tmp_path / "bad.json"
         path.write_text(json.dumps({"final": bad}))
         with pytest.raises(InputError, match=message) as exc:

@@ -93,13 +93,25 @@ def weighted_cross_entropy(prob: torch.Tensor, target: torch.Tensor, weights: to
     return -(weights * (target * p.log() + (1 - target) * (1 - p).log())).sum()
 
 
+def soft_dice_loss(prob: torch.Tensor, target: torch.Tensor, full: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """1 - the soft Dice of ``prob`` and ``target`` ``(B, H, W)`` pooled over the images with a full
+    label (``full``: ``(B,)`` bool), the "batch Dice" of nnU-Net; ``smooth`` keeps it defined on
+    batches without tumour (there it pushes the map towards 0)."""
+    sel = full.reshape(-1, 1, 1).to(prob.dtype)
+    p, t = prob * sel, target * sel
+    return 1 - (2 * (p * t).sum() + smooth) / (p.sum() + t.sum() + smooth)
+
+
 def mixed_loss(prob: torch.Tensor, logit: torch.Tensor | None, target: torch.Tensor, full: torch.Tensor,
                image_label: torch.Tensor, t0: float, t1: float, a: float,
-               balanced: bool = True) -> tuple[torch.Tensor, dict]:
+               balanced: bool = True, dice: float = 0.0) -> tuple[torch.Tensor, dict]:
     """a * Loss_s + (1 - a) * Loss_c (Mlynarski et al., Eq. 3): the weighted cross-entropy on the
     images with a full label (:func:`label_weights`), the branch's cross-entropy on every image.
-    Without a branch (``logit`` None) the loss is Loss_s alone (the ``self`` trainer)."""
+    Without a branch (``logit`` None) the loss is Loss_s alone (the ``self`` trainer). ``dice`` > 0
+    adds that weight of :func:`soft_dice_loss` on the same images to Loss_s (not in the paper)."""
     seg = weighted_cross_entropy(prob, target, label_weights(target, full, t0, t1, balanced))
+    if dice > 0:
+        seg = seg + dice * soft_dice_loss(prob, target, full.to(prob.device))
     if logit is None:
         return seg, {"seg": seg.item()}
     cls = F.binary_cross_entropy_with_logits(logit, image_label.float())

@@ -124,7 +124,8 @@ def train_final(run: TrainingRun, bundle: Bundle, cases: list[Case],
                           lambda d, t: run.progress("final labels", d, t), annotations, c.get("grow"),
                           bool(c.get("pseudo_masks", True)), context)
     info = {"trainer": trainer, "rounds": int(c.get("rounds", 1)), "context": context, "patients": len(cases),
-            "annotated_patients": sorted(annotations), "labels": {"round1": label_report(run, tiles)}}
+            "annotated_patients": sorted(annotations), "labels": {"round1": label_report(run, tiles)},
+            "config": dict(c)}  # train --from-bundle keeps the source's training config: record this one
     model = train_members(run, tiles, model, c, trainer, bundle, "_round1")
     for r in range(2, int(c.get("rounds", 1)) + 1):
         tiles = relabel(run, tiles, model, float(c["agreement"]))
@@ -228,7 +229,7 @@ def train_round(run: TrainingRun, tiles: FinalTiles, model: nn.Module, c: Mappin
     masks = torch.from_numpy(tiles.mask.astype(np.float32))
     labels = torch.from_numpy(tiles.label.astype(np.float32))
     t0w, t1w, a = float(c["t0"]), float(c["t1"]), float(c["a"])
-    balanced = bool(c.get("balanced", True))
+    balanced, dice = bool(c.get("balanced", True)), float(c.get("dice", 0.0))
     full = torch.from_numpy((tiles.kind == EMPTY) | (tiles.kind == MASKED))
     if trainer == "mixed":
         pool = np.flatnonzero((tiles.kind == MASKED) & (tiles.label == 1))
@@ -269,11 +270,11 @@ def train_round(run: TrainingRun, tiles: FinalTiles, model: nn.Module, c: Mappin
         if trainer == "mixed":
             prob, logit = ddp(xb, with_logit=True)
             loss, parts = mixed_loss(prob[:, 0], logit, maps[:, 0], full[ids].to(run.device),
-                                     labels[ids].to(run.device), t0w, t1w, a, balanced)
+                                     labels[ids].to(run.device), t0w, t1w, a, balanced, dice)
         elif trainer == "self":
             prob = ddp(xb)
             loss, parts = mixed_loss(prob[:, 0], None, maps[:, 0], full[ids].to(run.device), labels[ids], t0w, t1w, a,
-                                     balanced)
+                                     balanced, dice)
         else:
             prob = ddp(xb)
             p_theta = prob[:, 0].detach() if sched.last_epoch >= 1 else None  # gamma = 0 in the first epoch
