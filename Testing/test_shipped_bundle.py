@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
 
 from WeakTumorSegLib.bundle.info import MODELS_DIR, default_bundle_dir
 from WeakTumorSegLib.bundle.load import Bundle
@@ -90,12 +91,16 @@ def test_cli_on_the_real_sample_lands_on_the_tumour(tmp_path):
     assert str(tmp_path) in proc.stdout  # the summary says where the outputs are
     truth = read(SAMPLE / f"{case}_seg.nii.gz")
     mask = read(tmp_path / f"{case}_flair_mask.nii.gz")
-    # 3D Dice 0.22: the mask lies on the tumour (95 % of its voxels) but covers only an eighth of it
-    assert dice(mask, truth) >= 0.15 and (mask.astype(bool) & truth.astype(bool)).sum() >= 0.8 * mask.sum()
-    # most of the mask is on tumour slices, and most tumour slices get a mask
+    # 3D Dice 0.48 (the final segmenter with the Dice term, 2026-12-06; 0.22 before, covering an eighth
+    # of the tumour): one lesion over half the tumour, 77 % of it inside the manual outline and 89 %
+    # within two voxels of it (one pixel of the bundle's 1.8 mm grid)
+    assert dice(mask, truth) >= 0.35
+    near = ndimage.binary_dilation(truth > 0, structure=np.ones((1, 3, 3), bool), iterations=2)
+    assert (mask.astype(bool) & near).sum() >= 0.85 * mask.sum()
+    # the mask is on tumour slices, and most tumour slices get a mask
     tumour_slices = truth.sum(axis=(1, 2)) > 0
     assert mask[tumour_slices].sum() >= 0.8 * mask.sum()
-    assert (mask.sum(axis=(1, 2)) > 0)[tumour_slices].mean() >= 0.6
+    assert (mask.sum(axis=(1, 2)) > 0)[tumour_slices].mean() >= 0.8
     assert read_segmentation(tmp_path / f"{case}_flair.seg.nrrd")["Tumor"].sum() == mask.sum()
     report = json.loads((tmp_path / f"{case}_flair_report.json").read_text())
     assert report["bundle"]["name"] == DEFAULT_NAME
