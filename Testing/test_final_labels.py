@@ -18,8 +18,8 @@ from WeakTumorSegLib.stages.final import (
     WEAK,
     mixed_loss,
     pixel_weights,
-    soft_dice_loss,
     slice_kinds,
+    soft_dice_loss,
     tile_kinds,
 )
 from WeakTumorSegLib.stages.label_refinement import grow_labels

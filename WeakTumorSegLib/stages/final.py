@@ -63,11 +63,17 @@ def tile_kinds(kinds: np.ndarray, slice_of: np.ndarray, tile_masks: np.ndarray, 
     return kind, label
 
 
+def labelled(target: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+    """The pixels of ``target`` ``(B, H, W)`` that carry a label: ``full`` per image ``(B,)`` or per
+    pixel ``(B, H, W)``, broadcast to ``target``'s shape."""
+    return full.reshape(*full.shape, *([1] * (target.dim() - full.dim()))).expand_as(target)
+
+
 def pixel_weights(target: torch.Tensor, full: torch.Tensor, t0: float, t1: float) -> torch.Tensor:
     """Mlynarski et al.'s per-batch pixel weights: over the pixels with a label (``full``: ``(B,)``
     bool per image, or ``(B, H, W)`` per pixel), all healthy pixels together weigh ``t0`` and all
     tumour pixels ``t1``; the other pixels weigh 0. ``target`` is ``(B, H, W)`` in {0, 1}."""
-    sel = full.reshape(*full.shape, *([1] * (target.dim() - full.dim()))).expand_as(target)
+    sel = labelled(target, full)
     tumour, healthy = sel & (target > 0.5), sel & (target <= 0.5)
     w = torch.zeros_like(target, dtype=torch.float32 if target.dtype != torch.float64 else torch.float64)
     n1, n0 = tumour.sum(), healthy.sum()
@@ -82,7 +88,7 @@ def label_weights(target: torch.Tensor, full: torch.Tensor, t0: float, t1: float
     """:func:`pixel_weights` when ``balanced``; else every labelled pixel weighs the same, 1 / their number."""
     if balanced:
         return pixel_weights(target, full, t0, t1)
-    sel = full.reshape(*full.shape, *([1] * (target.dim() - full.dim()))).expand_as(target)
+    sel = labelled(target, full)
     w = sel.to(torch.float64 if target.dtype == torch.float64 else torch.float32)
     return w / w.sum().clamp(min=1.0)
 
@@ -95,9 +101,9 @@ def weighted_cross_entropy(prob: torch.Tensor, target: torch.Tensor, weights: to
 
 def soft_dice_loss(prob: torch.Tensor, target: torch.Tensor, full: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
     """1 - the soft Dice of ``prob`` and ``target`` ``(B, H, W)`` pooled over the images with a full
-    label (``full``: ``(B,)`` bool), the "batch Dice" of nnU-Net; ``smooth`` keeps it defined on
-    batches without tumour (there it pushes the map towards 0)."""
-    sel = full.reshape(-1, 1, 1).to(prob.dtype)
+    label (``full`` as in :func:`labelled`), the "batch Dice" of nnU-Net; ``smooth`` keeps it defined
+    on batches without tumour (there it pushes the map towards 0)."""
+    sel = labelled(target, full).to(prob.dtype)
     p, t = prob * sel, target * sel
     return 1 - (2 * (p * t).sum() + smooth) / (p.sum() + t.sum() + smooth)
 
@@ -111,7 +117,7 @@ def mixed_loss(prob: torch.Tensor, logit: torch.Tensor | None, target: torch.Ten
     adds that weight of :func:`soft_dice_loss` on the same images to Loss_s (not in the paper)."""
     seg = weighted_cross_entropy(prob, target, label_weights(target, full, t0, t1, balanced))
     if dice > 0:
-        seg = seg + dice * soft_dice_loss(prob, target, full.to(prob.device))
+        seg = seg + dice * soft_dice_loss(prob, target, full)
     if logit is None:
         return seg, {"seg": seg.item()}
     cls = F.binary_cross_entropy_with_logits(logit, image_label.float())

@@ -75,10 +75,12 @@ def write_bundle(run: TrainingRun, models: Mapping[str, nn.Module]) -> Path:
 
 
 def add_final(path: Path, model: nn.Module, architecture: tuple[str, dict], info: Mapping, seconds: float,
-              dest: Path | None = None, final_weight: float | None = None) -> Path:
+              dest: Path | None = None, final_weight: float | None = None,
+              final_config: Mapping | None = None) -> Path:
     """The bundle at ``path`` with the final segmenter added (its record under ``final``, and
     ``final_weight`` as its ``inference.final_weight`` unless it has one), written atomically to
-    ``dest`` (default: in place)."""
+    ``dest`` (default: in place). ``final_config``, the ``final`` section it was trained with, replaces
+    the one in ``training.config`` (a final segmenter retrained on top of another run's bundle)."""
     cfg = read_bundle_config(path)
     specs = cfg.pop("models")
     models = {name: load_model(path, name, spec) for name, spec in specs.items() if name != "final"}
@@ -88,6 +90,8 @@ def add_final(path: Path, model: nn.Module, architecture: tuple[str, dict], info
     if final_weight is not None:  # a bundle from before the final segmenter has no such setting
         cfg.setdefault("inference", {}).setdefault("final_weight", final_weight)
     cfg.setdefault("training", {}).setdefault("stage_seconds", {})["final"] = round(seconds, 1)
+    if final_config is not None and isinstance(cfg["training"].get("config"), dict):
+        cfg["training"]["config"]["final"] = dict(final_config)
     return save_bundle(dest or path, cfg, {**models, "final": unwrap(model)}, archs, overwrite=True,
                        weights_dtype=str(cfg.get("weights_dtype", "float32")))
 

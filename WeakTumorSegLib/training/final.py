@@ -124,8 +124,7 @@ def train_final(run: TrainingRun, bundle: Bundle, cases: list[Case],
                           lambda d, t: run.progress("final labels", d, t), annotations, c.get("grow"),
                           bool(c.get("pseudo_masks", True)), context)
     info = {"trainer": trainer, "rounds": int(c.get("rounds", 1)), "context": context, "patients": len(cases),
-            "annotated_patients": sorted(annotations), "labels": {"round1": label_report(run, tiles)},
-            "config": dict(c)}  # train --from-bundle keeps the source's training config: record this one
+            "annotated_patients": sorted(annotations), "labels": {"round1": label_report(run, tiles)}}
     model = train_members(run, tiles, model, c, trainer, bundle, "_round1")
     for r in range(2, int(c.get("rounds", 1)) + 1):
         tiles = relabel(run, tiles, model, float(c["agreement"]))

@@ -194,7 +194,7 @@ class TrainingRun:
         if self.dist.main:
             add_final(Path(source), model, final_architecture(self.config, len(self.channels)), info,
                       self.timings.get("final", 0.0), dest=self.out,
-                      final_weight=self.config["inference"].get("final_weight"))
+                      final_weight=self.config["inference"].get("final_weight"), final_config=self.config["final"])
         self.dist.barrier()
         return self.out
 
