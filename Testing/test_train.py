@@ -653,6 +653,27 @@ def test_resolve_config_unknown_top_level_key(tmp_path):
     assert "clasifier" in str(info.value) and str(path) in str(info.value)
 
 
+def test_resolve_config_takes_the_json_object_itself(tmp_path):
+    from WeakTumorSegLib.errors import InputError
+    from WeakTumorSegLib.training.presets import resolve_config
+
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"seed": 3, "final": {"members": 2}}))
+    inline = resolve_config("tiny", ' {"seed": 3, "final": {"members": 2}}')
+    assert inline == resolve_config("tiny", path) and inline["seed"] == 3
+    # errors name --config, not the JSON text, on one line
+    for bad, problem in (('{"seed": 3,', "invalid JSON"), ('{"final": {"members": 0}}', "final.members"),
+                         ('{"clasifier": {}}', "clasifier")):
+        with pytest.raises(InputError) as info:
+            resolve_config("tiny", bad)
+        msg = str(info.value)
+        assert msg.startswith("--config: ") and problem in msg and "\n" not in msg
+    with pytest.raises(InputError, match="config file not found"):
+        resolve_config("tiny", str(tmp_path / "missing.json"))
+    with pytest.raises(InputError, match="cannot read the config file"):
+        resolve_config("tiny", tmp_path)
+
+
 def test_resolve_config_kwargs_replaced_whole(tmp_path):
     from WeakTumorSegLib.training.presets import PRESETS, resolve_config
 

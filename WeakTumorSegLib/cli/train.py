@@ -29,8 +29,9 @@ def add_parser(sub) -> None:
                          "and <id>_slice_labels.csv) or a manifest CSV (patient, one column per channel, mask, labels)")
     tr.add_argument("--out", "-o", type=Path, required=True, help="bundle folder to write")
     tr.add_argument("--preset", default="default", help=PRESETS_HELP)
-    tr.add_argument("--config", type=Path, default=None,
-                    help="JSON file overriding any preset value (docs/options.md lists the keys)")
+    tr.add_argument("--config", default=None,
+                    help="JSON file overriding any preset value, or the JSON object itself, e.g. "
+                         "'{\"seed\": 1}' (docs/options.md lists the keys)")
     tr.add_argument("--channels", default=None,
                     help="comma-separated channel names, FLAIR included (default: the preset's flair,t1,t1ce)")
     tr.add_argument("--geometry", type=Path, default=None, help=GEOMETRY_HELP)

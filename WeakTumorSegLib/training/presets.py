@@ -189,51 +189,70 @@ PRESETS: dict[str, dict] = {
 
 def resolve_config(preset: str = "default", config_file: str | Path | None = None,
                    overrides: Mapping | None = None) -> dict:
-    """The preset merged with a JSON config file and explicit overrides (in that order)."""
+    """The preset merged with a JSON config (a file, or the object itself as text starting with
+    ``{``) and explicit overrides (in that order)."""
     if preset not in PRESETS:
         raise InputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     config = copy.deepcopy(PRESETS[preset])
     config["preset"] = preset
+    where = _config_name(config_file)
     if config_file is not None:
-        path = Path(config_file)
-        try:
-            extra = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise InputError("config file not found", path) from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(f"invalid JSON ({exc})", path) from None
+        extra = _read_config(config_file)
         if not isinstance(extra, dict):
-            raise InputError("a config file must hold a JSON object", path)
+            raise InputError("a config must hold a JSON object", where)
         unknown = sorted(set(extra) - set(config))
         if unknown:
-            raise InputError(f"unknown configuration keys: {', '.join(unknown)}", path)
+            raise InputError(f"unknown configuration keys: {', '.join(unknown)}", where)
         config = _merge(config, extra)
     if overrides:
         config = _merge(config, overrides)
     members = config["classifier"].get("members", 1)
     if not _whole_number(members):
-        raise InputError(f"classifier.members must be a whole number of at least 1, got {members!r}", config_file)
+        raise InputError(f"classifier.members must be a whole number of at least 1, got {members!r}", where)
     augment = config["classifier"].get("augment", "none")
     if augment not in AUGMENTATIONS:
         raise InputError(f"classifier.augment must be one of {', '.join(AUGMENTATIONS)}, got {augment!r}",
-                         config_file)
+                         where)
     try:
         SeedSettings.from_config(config)
     except (TypeError, ValueError) as exc:
-        raise InputError(f"invalid seeds or rise settings: {exc}", config_file) from None
+        raise InputError(f"invalid seeds or rise settings: {exc}", where) from None
     if config["seeds"].get("method") == "acam" and config["classifier"]["architecture"] != "compact_classifier":
         raise InputError("seeds.method 'acam' needs classifier.architecture 'compact_classifier' (a linear head on "
-                         "pooled features); use 'gradcam', 'rise' or 'superpixel'", config_file)
-    _check_final(config.get("final") or {}, config_file)
+                         "pooled features); use 'gradcam', 'rise' or 'superpixel'", where)
+    _check_final(config.get("final") or {}, where)
     extraction = config["preprocessing"]["brain_extraction"]  # every preset sets it
     if extraction not in BRAIN_EXTRACTION:
         raise InputError(f"preprocessing.brain_extraction must be one of {', '.join(BRAIN_EXTRACTION)}, "
-                         f"got {extraction!r}", config_file)
+                         f"got {extraction!r}", where)
     disc_width = config["converter"].get("disc_width")
     if disc_width is not None and not _whole_number(disc_width):
         raise InputError(f"converter.disc_width must be null or a whole number of at least 1, got {disc_width!r}",
-                         config_file)
+                         where)
     return config
+
+
+def _inline(config: str | Path | None) -> bool:
+    """Whether ``--config`` holds the JSON object itself rather than a file's path."""
+    return isinstance(config, str) and config.lstrip().startswith("{")
+
+
+def _config_name(config: str | Path | None) -> str | Path | None:
+    """How errors name a ``--config`` value: the file, or ``--config`` for an inline object."""
+    return None if config is None else "--config" if _inline(config) else Path(config)
+
+
+def _read_config(config: str | Path) -> object:
+    """The JSON that ``--config`` holds (inline or in a file)."""
+    where = _config_name(config)
+    try:
+        return json.loads(config if _inline(config) else where.read_text())
+    except FileNotFoundError:
+        raise InputError("config file not found", where) from None
+    except OSError as exc:  # a folder, no permission
+        raise InputError(f"cannot read the config file ({exc.strerror})", where) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"invalid JSON ({exc})", where) from None
 
 
 def final_only_config(bundle_config: Mapping, preset: str = "default", config_file: str | Path | None = None,
@@ -255,7 +274,8 @@ def final_only_config(bundle_config: Mapping, preset: str = "default", config_fi
         extra = resolve_config(preset, config_file)
         config["final"], config["seed"] = extra["final"], extra["seed"]
     if not config["final"].get("trainer"):
-        raise InputError("final.trainer is null: set it (self, mixed or em) in --config", config_file or where)
+        raise InputError("final.trainer is null: set it (self, mixed or em) in --config",
+                         _config_name(config_file) or where)
     return config
 
 
