@@ -27,13 +27,16 @@ class PreprocessConfig:
     brain_extraction: str = "own"
     """``own`` (:mod:`.brain`) or ``deepbet`` (:mod:`.deepbet_brain`); bundles without the key
     were trained with ``own``."""
+    scalp_fat: bool = False
+    """Remove the bright scalp that the brain mask kept (:mod:`.scalp`); bundles without the key
+    were trained without."""
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "PreprocessConfig":
         spacing = d.get("spacing_mm")
         return cls(tuple(d.get("clip_percentiles", (1.0, 99.0))), float(d.get("inplane_scale", 1.0)),
                    float(d.get("brain_threshold", 0.0)), None if spacing is None else float(spacing),
-                   str(d.get("brain_extraction", "own")))
+                   str(d.get("brain_extraction", "own")), bool(d.get("scalp_fat", False)))
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()

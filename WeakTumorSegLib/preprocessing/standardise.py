@@ -12,7 +12,8 @@ whose pLGG images came from one scanner protocol and were skull-stripped and reg
    in-plane spacing (``preprocessing.spacing_mm``; :mod:`.crop`);
 4. **brain**: the brain is extracted from the FLAIR on the working grid (``brain_extraction``:
    the own method of :mod:`.brain` or deepbet's networks, :mod:`.deepbet_brain`), or, for an
-   input found to be skull-stripped already, taken as its non-background;
+   input found to be skull-stripped already, taken as its non-background; with ``scalp_fat``
+   the bright scalp it kept is removed (:mod:`.scalp`);
 5. **intensity**: each channel is clipped to the ``clip_percentiles`` of its brain voxels and
    min-max scaled to [0, 1]; everything outside the brain is 0 (Yoo et al., section 3.1, on
    the brain only);
@@ -37,6 +38,7 @@ from .crop import Crop, brain_bbox, plan_crop, to_input, to_working
 from .deepbet_brain import deepbet_mask
 from .intensity import PreprocessConfig, normalize_channels
 from .orientation import Reorientation
+from .scalp import scalp_fat
 
 
 #: ``preprocessing.brain_extraction``: its name -> ``(FLAIR on the working grid, spacing) -> brain``
@@ -137,6 +139,8 @@ def standardise(channels: Mapping[str, np.ndarray], names: Sequence[str], pp: Pr
     stripped = skull_stripped(foreground, brain)
     if stripped:
         brain = fill_slices(foreground)
+    elif pp.scalp_fat:
+        brain &= ~scalp_fat(work[:, fi], pp.spacing_mm)
     box = brain_bbox(brain[:, None], 0.5) if brain.any() else (0, crop.height, 0, crop.width)
     y0, y1, x0, x1 = box
     brain = brain[:, y0:y1, x0:x1]

@@ -29,7 +29,7 @@ _PAPER = {
     # 256^2 slices at their declared 0.9 mm. spacing_mm turns on the site-independent preprocessing
     # (preprocessing.standardise); inplane_scale is only read by bundles without it
     "preprocessing": {"clip_percentiles": [1.0, 99.0], "inplane_scale": 0.5, "brain_threshold": 0.0,
-                      "spacing_mm": 1.8, "brain_extraction": "own"},
+                      "spacing_mm": 1.8, "brain_extraction": "own", "scalp_fat": False},
     # geometry: a declaration file of the cohort's true orientation and voxel size (io.cohort);
     # annotations: a folder of reviewed Slicer exports for the final segmenter (io.annotations)
     "data": {"erosion": 0, "max_zero_fraction": 0.5, "val_fraction": 0.2, "split_seed": 0, "val_patients": None,
