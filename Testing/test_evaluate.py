@@ -29,7 +29,7 @@ from WeakTumorSegLib.evaluation.report import OUTPUTS
 from WeakTumorSegLib.baselines import choose_residual_threshold, residual_baseline, residual_threshold_curve
 from WeakTumorSegLib.evaluation.cases import select_cases
 from WeakTumorSegLib.inference.pipeline import segment_arrays
-from WeakTumorSegLib.metrics import dice
+from WeakTumorSegLib.metrics import dice, voxels_away
 from WeakTumorSegLib.preprocessing.intensity import normalize_channel
 from support.phantoms import make_phantom, write_case
 
@@ -148,6 +148,7 @@ def test_counts_match_an_independent_segmentation(evaluated, cohort):
     row = {r["patient"]: r for r in read_csv(evaluated / "per_volume.csv")}[pid]
     assert float(row["dice_3d_fused"]) == pytest.approx(dice(result.mask, truth), abs=1e-6)
     assert int(row["voxels_fused"]) == int(result.mask.sum())
+    assert int(row["voxels_away_fused"]) == voxels_away(result.mask, truth)
     assert int(row["truth_voxels"]) == int(truth.sum())
     residual = residual_baseline(result.flair, result.healthy, RESIDUAL_T, median=5)
     assert int(row["voxels_residual"]) == int(residual.sum())

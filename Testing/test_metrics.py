@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from WeakTumorSegLib.metrics import dice, per_slice_dice, roc_auc, seed_overlap, sensitivity_specificity
+from WeakTumorSegLib.metrics import dice, per_slice_dice, roc_auc, seed_overlap, sensitivity_specificity, voxels_away
 
 
 def test_auc_hand_values_and_ties():
@@ -37,3 +37,16 @@ def test_seed_overlap():
     pos = np.array([[1, 0, 1, 0]], bool)  # half inside the tumour
     neg = np.array([[0, 0, 1, 1]], bool)  # all outside
     assert seed_overlap(pos, neg, truth) == (pytest.approx(0.5), pytest.approx(1.0))
+
+
+def test_voxels_away_counts_only_the_lesions_that_miss_every_tumour():
+    truth = np.zeros((4, 8, 8), bool)
+    truth[1:3, 1:3, 1:3] = True
+    mask = np.zeros_like(truth)
+    mask[1:3, 1:4, 1:4] = True  # the tumour and a rim around it: an outline error
+    assert voxels_away(mask, truth) == 0
+    mask[0:2, 6:8, 6:8] = True  # a separate lesion of 8 voxels: a detection error
+    mask[3, 0, 7] = True  # and a lone voxel touching nothing
+    assert voxels_away(mask, truth) == 9
+    assert voxels_away(mask, np.zeros_like(truth)) == int(mask.sum())
+    assert voxels_away(np.zeros_like(truth), truth) == 0

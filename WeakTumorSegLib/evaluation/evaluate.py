@@ -23,6 +23,7 @@ from ..bundle.settings import InferenceSettings
 from ..io.cohort import Case, canonical_slice_labels, read_mask, slice_labels
 from ..io.images import read_channels
 from ..io.orientation import CANONICAL
+from ..metrics import voxels_away
 from ..preprocessing.orientation import Reorientation
 from ..stages.seeds import SeedSettings
 from .summary import FILTER_THRESHOLDS, MODELS, CaseEvaluation, available_models, clean_json, summarise
@@ -87,6 +88,7 @@ def evaluate_case(bundle: Bundle, case: Case, device: torch.device | str, option
         masks["residual"] = axial(residual_baseline(result.flair, result.healthy, options.residual_threshold,
                                                     options.residual_median))
     counts = _counts(masks, truth)
+    away = {key: voxels_away(m, truth) for key, m in masks.items()}
     seeds = None
     if options.seeds is not None:
         pos, neg = axial(result.positive_seeds).astype(bool), axial(result.negative_seeds).astype(bool)
@@ -95,7 +97,7 @@ def evaluate_case(bundle: Bundle, case: Case, device: torch.device | str, option
     return CaseEvaluation(case.id, truth.sum(axis=(1, 2)).astype(np.int64), label_csv, result.p_tumor,
                           result.difference_score, result.flagged, result.flag_reason,
                           {k: counts[k] for k in MODELS if k in counts}, seeds, time.perf_counter() - t0,
-                          list(volume.notes))
+                          list(volume.notes), {k: away[k] for k in MODELS if k in away})
 
 
 def load_evaluation_bundle(path: str | Path) -> Bundle:

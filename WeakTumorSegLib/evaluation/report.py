@@ -54,7 +54,7 @@ def per_slice_rows(cases: Sequence[CaseEvaluation], keys: Sequence[str]) -> tupl
 def per_volume_rows(cases: Sequence[CaseEvaluation], keys: Sequence[str], seeds: bool) -> tuple[list[dict], list[str]]:
     columns = ["patient", "slices", "tumour_slices", "truth_voxels", "tumour_bearing"]
     for key in keys:
-        columns += [f"dice_3d_{key}", f"dice_per_slice_paper_{key}", f"voxels_{key}"]
+        columns += [f"dice_3d_{key}", f"dice_per_slice_paper_{key}", f"voxels_{key}", f"voxels_away_{key}"]
     if seeds:
         columns += ["positive_seed_voxels", "positive_seed_overlap", "negative_seed_voxels", "negative_seed_overlap"]
     columns += ["flagged_slices", "seconds"]
@@ -67,6 +67,7 @@ def per_volume_rows(cases: Sequence[CaseEvaluation], keys: Sequence[str], seeds:
             row[f"dice_3d_{k}"] = _fmt(volume_dice(c, k))
             row[f"dice_per_slice_paper_{k}"] = _fmt(float(dice_from_counts(*c.models[k], c.truth_pixels).mean()))
             row[f"voxels_{k}"] = int(c.models[k][0].sum())
+            row[f"voxels_away_{k}"] = c.away.get(k, "")
         if seeds:
             s = c.seeds
             row["positive_seed_voxels"] = s["positive_voxels"]

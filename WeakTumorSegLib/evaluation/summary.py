@@ -57,6 +57,7 @@ class CaseEvaluation:
     seeds: dict[str, int] | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    away: dict[str, int] = field(default_factory=dict)  #: per model, :func:`~WeakTumorSegLib.metrics.voxels_away`
 
     @property
     def slices(self) -> int:
