@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from WeakTumorSegLib.bundle.load import Bundle
+from WeakTumorSegLib.errors import BundleError, InputError
 from WeakTumorSegLib.preprocessing.brain import brain_mask
 from WeakTumorSegLib.preprocessing.intensity import PreprocessConfig
 from WeakTumorSegLib.preprocessing.scalp import scalp_fat
 from WeakTumorSegLib.preprocessing.standardise import standardise
+from WeakTumorSegLib.training.presets import resolve_config
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, save_tiny_bundle
 
 DATA = REPO_ROOT.parent / "shared" / "data"
 #: A training patient whose posterior scalp, brightened by the coil's bias field, the own method keeps.
@@ -73,8 +77,18 @@ def test_a_skull_stripped_input_keeps_its_lesion_at_the_brain_edge():
 def test_bundles_without_the_key_keep_the_scalp_as_they_were_trained():
     assert PreprocessConfig.from_dict({"spacing_mm": 1.8}).scalp_fat is False
     assert PreprocessConfig.from_dict({"spacing_mm": 1.8, "scalp_fat": True}).to_dict()["scalp_fat"] is True
-    shipped = Bundle.load(REPO_ROOT / "Resources" / "Models" / "tcga-lgg-flair")
-    assert isinstance(shipped.preprocessing.scalp_fat, bool)
+    assert resolve_config("default", '{"preprocessing": {"scalp_fat": true}}')["preprocessing"]["scalp_fat"] is True
+
+
+def test_a_scalp_fat_that_is_not_true_or_false_is_refused_in_a_config_and_in_a_bundle(tmp_path):
+    with pytest.raises(InputError, match="preprocessing.scalp_fat must be true or false, got 'no'"):
+        resolve_config("default", '{"preprocessing": {"scalp_fat": "no"}}')
+    bundle = save_tiny_bundle(tmp_path / "bundle")
+    spec = json.loads((bundle / "bundle.json").read_text())
+    spec.setdefault("preprocessing", {})["scalp_fat"] = "no"
+    (bundle / "bundle.json").write_text(json.dumps(spec))
+    with pytest.raises(BundleError, match="bundle.json: preprocessing.scalp_fat must be true or false"):
+        Bundle.load(bundle)
 
 
 @pytest.mark.data

@@ -76,6 +76,8 @@ class Bundle(BundleInfo):
         if extraction not in BRAIN_EXTRACTION:
             raise BundleError(f"unknown preprocessing.brain_extraction {extraction!r} (this version knows "
                               f"{', '.join(BRAIN_EXTRACTION)})", root / BUNDLE_FILE)
+        if not isinstance((config.get("preprocessing") or {}).get("scalp_fat", False), bool):
+            raise BundleError("preprocessing.scalp_fat must be true or false", root / BUNDLE_FILE)
         wanted = [*required, *(m for m in OPTIONAL_INFERENCE_MODELS if m in specs)]
         models = {name: load_model(root, name, spec) for name, spec in specs.items() if name in wanted}
         return cls(root, config, models)

@@ -225,6 +225,9 @@ def resolve_config(preset: str = "default", config_file: str | Path | None = Non
     if extraction not in BRAIN_EXTRACTION:
         raise InputError(f"preprocessing.brain_extraction must be one of {', '.join(BRAIN_EXTRACTION)}, "
                          f"got {extraction!r}", where)
+    if not isinstance(config["preprocessing"].get("scalp_fat"), bool):
+        raise InputError(f"preprocessing.scalp_fat must be true or false, got "
+                         f"{config['preprocessing'].get('scalp_fat')!r}", where)
     disc_width = config["converter"].get("disc_width")
     if disc_width is not None and not _whole_number(disc_width):
         raise InputError(f"converter.disc_width must be null or a whole number of at least 1, got {disc_width!r}",
