@@ -17,8 +17,9 @@ scalp_fat`` removes it from the brain: :func:`scalp_fat` finds it on the working
 4. the scalp found is grown by one voxel (its blurred edge).
 
 On the 40 TCGA-LGG training patients it removes 0.5 % to 14 % of the brain mask and not one of
-their tumours' voxels (docs/experiments.md). Inputs found to be skull-stripped already are left
-alone: there the head's outline is the brain's.
+their tumours' voxels (docs/experiments.md). It misses the topmost slices, where the scalp cut en
+face is blurred with the brain below it and no brighter than the brain's class. Inputs found to be
+skull-stripped already are left alone: there the head's outline is the brain's.
 """
 
 from __future__ import annotations
