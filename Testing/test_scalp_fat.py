@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -83,10 +81,7 @@ def test_bundles_without_the_key_keep_the_scalp_as_they_were_trained():
 def test_a_scalp_fat_that_is_not_true_or_false_is_refused_in_a_config_and_in_a_bundle(tmp_path):
     with pytest.raises(InputError, match="preprocessing.scalp_fat must be true or false, got 'no'"):
         resolve_config("default", '{"preprocessing": {"scalp_fat": "no"}}')
-    bundle = save_tiny_bundle(tmp_path / "bundle")
-    spec = json.loads((bundle / "bundle.json").read_text())
-    spec.setdefault("preprocessing", {})["scalp_fat"] = "no"
-    (bundle / "bundle.json").write_text(json.dumps(spec))
+    bundle = save_tiny_bundle(tmp_path / "bundle", preprocessing={"inplane_scale": 1.0, "scalp_fat": "no"})
     with pytest.raises(BundleError, match="bundle.json: preprocessing.scalp_fat must be true or false"):
         Bundle.load(bundle)
 

@@ -88,7 +88,7 @@ def evaluate_case(bundle: Bundle, case: Case, device: torch.device | str, option
         masks["residual"] = axial(residual_baseline(result.flair, result.healthy, options.residual_threshold,
                                                     options.residual_median))
     counts = _counts(masks, truth)
-    away = {key: voxels_away(m, truth) for key, m in masks.items()}
+    away = {k: voxels_away(masks[k], truth) for k in MODELS if k in masks}
     seeds = None
     if options.seeds is not None:
         pos, neg = axial(result.positive_seeds).astype(bool), axial(result.negative_seeds).astype(bool)
@@ -97,7 +97,7 @@ def evaluate_case(bundle: Bundle, case: Case, device: torch.device | str, option
     return CaseEvaluation(case.id, truth.sum(axis=(1, 2)).astype(np.int64), label_csv, result.p_tumor,
                           result.difference_score, result.flagged, result.flag_reason,
                           {k: counts[k] for k in MODELS if k in counts}, seeds, time.perf_counter() - t0,
-                          list(volume.notes), {k: away[k] for k in MODELS if k in away})
+                          list(volume.notes), away)
 
 
 def load_evaluation_bundle(path: str | Path) -> Bundle:

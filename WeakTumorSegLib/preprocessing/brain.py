@@ -68,6 +68,17 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == (np.argmax(np.bincount(labels.ravel())[1:]) + 1)
 
 
+def tissue_levels(values: np.ndarray) -> np.ndarray | None:
+    """The two three-class Otsu thresholds of a head's intensities (dark: air, bone, CSF; middle:
+    brain; bright: fat and lesions), or None when they hold fewer than three distinct values."""
+    if np.unique(values).size < 3:
+        return None
+    try:
+        return threshold_multiotsu(values, classes=3)
+    except ValueError:
+        return None
+
+
 def brain_mask(flair: np.ndarray, spacing: float, erosion_mm: float = 6.0, fallback_mm: float = 10.0) -> np.ndarray:
     """The brain of a ``(slice, row, column)`` FLAIR with square in-plane voxels of ``spacing`` mm
     (bool, same shape); see the module docstring."""
@@ -76,11 +87,8 @@ def brain_mask(flair: np.ndarray, spacing: float, erosion_mm: float = 6.0, fallb
     out = np.zeros(g.shape, dtype=bool)
     if not head.any():
         return out
-    values = g[head]
-    try:
-        level = float(threshold_multiotsu(values, classes=3)[0]) if np.unique(values).size > 2 else 0.0
-    except ValueError:
-        level = 0.0
+    levels = tissue_levels(g[head])
+    level = 0.0 if levels is None else float(levels[0])
     tissue = head & (g > level)
     disc = _disc(erosion_mm / spacing)
     core = np.stack([ndi.binary_erosion(t, disc) for t in tissue])

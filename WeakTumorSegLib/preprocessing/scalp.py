@@ -5,8 +5,8 @@ band is thin or blurred (thick slices, a surface coil's bias field, the vertex c
 brain extraction of :mod:`.brain` keeps some of it, and the networks then mark it. ``preprocessing.
 scalp_fat`` removes it from the brain: :func:`scalp_fat` finds it on the working grid, per slice:
 
-1. bright voxels are those above the upper of three Otsu classes of the head (as in
-   :func:`~.brain.brain_mask`: dark, brain, bright);
+1. bright voxels are those above the upper of the head's three Otsu classes
+   (:func:`~.brain.tissue_levels`, whose lower level :func:`~.brain.brain_mask` uses);
 2. a bright component is scalp when it reaches the head's outer ``ring_mm`` and at least ``share``
    of its voxels lie within ``shell_mm`` of the head's outline: a lesion under the skull lies
    mostly deeper, even where a blurred bridge joins it to the scalp;
@@ -26,20 +26,9 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.filters import threshold_multiotsu
 
-from .brain import scale01
+from .brain import scale01, tissue_levels
 from .head import head_mask
-
-
-def _bright_level(g: np.ndarray, head: np.ndarray) -> float | None:
-    values = g[head]
-    if np.unique(values).size < 3:
-        return None
-    try:
-        return float(threshold_multiotsu(values, classes=3)[1])
-    except ValueError:
-        return None
 
 
 def scalp_fat(flair: np.ndarray, spacing: float, ring_mm: float = 6.0, shell_mm: float = 12.0,
@@ -49,9 +38,10 @@ def scalp_fat(flair: np.ndarray, spacing: float, ring_mm: float = 6.0, shell_mm:
     g = scale01(flair)
     head = head_mask(g)
     out = np.zeros(g.shape, dtype=bool)
-    level = _bright_level(g, head) if head.any() else None
-    if level is None:
+    levels = tissue_levels(g[head]) if head.any() else None
+    if levels is None:
         return out
+    level = float(levels[1])
     touching: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for k in np.flatnonzero(head.any(axis=(1, 2))):
         depth = ndi.distance_transform_edt(head[k]) * spacing
