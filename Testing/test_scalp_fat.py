@@ -75,7 +75,10 @@ def test_a_skull_stripped_input_keeps_its_lesion_at_the_brain_edge():
 def test_bundles_without_the_key_keep_the_scalp_as_they_were_trained():
     assert PreprocessConfig.from_dict({"spacing_mm": 1.8}).scalp_fat is False
     assert PreprocessConfig.from_dict({"spacing_mm": 1.8, "scalp_fat": True}).to_dict()["scalp_fat"] is True
-    assert resolve_config("default", '{"preprocessing": {"scalp_fat": true}}')["preprocessing"]["scalp_fat"] is True
+    # the shipped recipe trains with it; the paper's preprocessing does not know it
+    assert resolve_config("default")["preprocessing"]["scalp_fat"] is True
+    assert resolve_config("paper")["preprocessing"]["scalp_fat"] is False
+    assert resolve_config("default", '{"preprocessing": {"scalp_fat": false}}')["preprocessing"]["scalp_fat"] is False
 
 
 def test_a_scalp_fat_that_is_not_true_or_false_is_refused_in_a_config_and_in_a_bundle(tmp_path):
