@@ -100,6 +100,7 @@ def test_writes_every_output(evaluated):
     for title in ("Table 2", "Table 3", "Table 4", "Table 5", "Table 6", "Table C.1"):
         assert title in tables
     assert "empty prediction vs empty truth = 1" in tables  # conventions are always labelled
+    assert "95 % interval of the mean (bootstrap over the 2 tumour-bearing volumes" in tables
 
 
 def test_dice_equals_hand_computation(evaluated, cohort):
@@ -122,6 +123,8 @@ def test_dice_equals_hand_computation(evaluated, cohort):
                 per_volume.append(d3)
         assert len(per_volume) == 2 and entry["volumes"] == 2  # the tumour-free P2 is not averaged
         assert entry["per_volume_3d"] == pytest.approx(np.mean(per_volume), abs=1e-9)
+        low, high = entry["per_volume_3d_interval"]
+        assert low - 1e-9 <= min(per_volume) and max(per_volume) <= high + 1e-9  # two volumes: the range
         slice_d = np.array([float(r[f"dice_{key}"]) for r in rows])
         tumour = np.array([int(r["truth_pixels"]) > 0 for r in rows])
         assert entry["per_slice_paper"] == pytest.approx(slice_d.mean(), abs=1e-6)

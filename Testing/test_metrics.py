@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from WeakTumorSegLib.metrics import dice, per_slice_dice, roc_auc, seed_overlap, sensitivity_specificity, voxels_away
+from WeakTumorSegLib.metrics import (dice, mean_interval, per_slice_dice, roc_auc, seed_overlap,
+                                     sensitivity_specificity, voxels_away)
 
 
 def test_auc_hand_values_and_ties():
@@ -50,3 +51,15 @@ def test_voxels_away_counts_only_the_lesions_that_miss_every_tumour():
     assert voxels_away(mask, truth) == 9
     assert voxels_away(mask, np.zeros_like(truth)) == int(mask.sum())
     assert voxels_away(np.zeros_like(truth), truth) == 0
+
+
+def test_mean_interval_tells_how_far_a_few_patients_mean_can_be_trusted():
+    ten = np.linspace(0.0, 0.9, 10)  # 10 patients' Dice, as spread as the validation patients'
+    low, high = mean_interval(ten)
+    assert low < ten.mean() < high and high - low > 0.2  # 10 such patients cannot tell 0.05 apart
+    assert mean_interval(ten) == (low, high)  # seeded: the same report every time
+    forty = np.repeat(ten, 4)  # the same spread over 40 patients: about half as wide
+    low40, high40 = mean_interval(forty)
+    assert low40 < ten.mean() < high40 and high40 - low40 < 0.6 * (high - low)
+    assert mean_interval([0.7] * 10) == pytest.approx((0.7, 0.7))
+    assert all(np.isnan(mean_interval([0.5])))

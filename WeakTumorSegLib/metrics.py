@@ -5,6 +5,7 @@ all evaluated slices with empty-vs-empty = 1 (the paper's convention), and alway
 The seed overlap metric (Yoo et al., section 4.1) is the fraction of positive-seed voxels inside the
 ground truth and the fraction of negative-seed voxels outside it. :func:`voxels_away` tells a
 detection error (a lesion marked where there is none) from an outline error.
+:func:`mean_interval` says how far a mean over a few patients can be trusted.
 """
 
 from __future__ import annotations
@@ -61,6 +62,20 @@ def voxels_away(mask: np.ndarray, truth: np.ndarray) -> int:
         return 0
     touching = np.unique(labels[m & np.asarray(truth).astype(bool)])
     return int((m & ~np.isin(labels, touching[touching > 0])).sum())
+
+
+def mean_interval(values, level: float = 0.95, resamples: int = 10000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (one per patient): the patients are
+    resampled with replacement ``resamples`` times (seeded, so the interval is reproducible). NaN
+    when there are fewer than two values. On 10 patients whose Dice spread from 0 to 0.9 it is
+    about 0.3 wide: two means closer than that are not told apart by those patients."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    if len(v) < 2:
+        return float("nan"), float("nan")
+    means = v[np.random.default_rng(seed).integers(0, len(v), size=(resamples, len(v)))].mean(axis=1)
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return float(low), float(high)
 
 
 def per_slice_dice(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:

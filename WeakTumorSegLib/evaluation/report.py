@@ -84,6 +84,18 @@ FILTER_COLUMNS = ("threshold", "slices_kept", "slices_removed", "percent_removed
                   "dice_kept_per_slice_paper", "dice_removed_per_slice_paper", "dice_kept_per_slice_tumour")
 
 
+def _interval_line(seg: dict, keys) -> list[str]:
+    """How far Table 4's per-volume means can be trusted: each one's bootstrap interval over the patients."""
+    rows = [(seg[k]["label"], seg[k].get("per_volume_3d_interval")) for k in keys if seg[k]["available"]]
+    rows = [(label, iv) for label, iv in rows if iv and None not in iv and not any(math.isnan(x) for x in iv)]
+    if not rows:
+        return []
+    volumes = next(seg[k]["volumes"] for k in keys if seg[k]["available"])
+    return ["", ("Per-volume 3D Dice, 95 % interval of the mean (bootstrap over the "
+                 f"{volumes} tumour-bearing volumes, 10,000 resamples): "
+                 + "; ".join(f"{label} {iv[0]:.2f}-{iv[1]:.2f}" for label, iv in rows) + ".")]
+
+
 def _num(x, digits: int = 4) -> str:
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
 
@@ -136,6 +148,8 @@ def tables_markdown(metrics: Mapping) -> str:
                            f"{_num(e['per_slice_tumour'])} |")
             else:
                 out.append(f"| {e['label']} | not available | not available | not available |")
+        if table == "4":
+            out += _interval_line(seg, keys)
         if table == "4" and cfg.get("scalp_margin_mm"):
             out += ["", (f"Scalp margin {cfg['scalp_margin_mm']:g} mm ({cfg['scalp_margin_source']}): every "
                          "segmenter's mask is cleared that close to the head's outer surface.")]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..metrics import dice_from_counts, roc_auc, sensitivity_specificity
+from ..metrics import dice_from_counts, mean_interval, roc_auc, sensitivity_specificity
 from ..stages.difference_filter import flag_slices
 
 #: Evaluated models: key -> (label, table, bundle model or None for derived ones).
@@ -39,6 +39,8 @@ CONVENTIONS = {
     "per_slice_paper": "2D Dice of each axial slice, empty prediction vs empty truth = 1, averaged over all "
                        "evaluated slices (Yoo et al.'s convention)",
     "per_slice_tumour": "2D Dice of each axial slice, averaged over the slices whose truth has tumour",
+    "per_volume_3d_interval": "95 % percentile-bootstrap interval of per_volume_3d, the tumour-bearing volumes "
+                              "resampled with replacement 10,000 times (seed 0)",
 }
 
 
@@ -186,6 +188,7 @@ def segmentation_summary(cases: Sequence[CaseEvaluation], have: Mapping[str, boo
             vols = [volume_dice(c, key) for c in bearing]
             entry.update({
                 "per_volume_3d": float(np.mean(vols)) if vols else float("nan"),
+                "per_volume_3d_interval": list(mean_interval(vols)),
                 "per_slice_paper": float(d.mean()) if len(d) else float("nan"),
                 "per_slice_tumour": float(d[truth > 0].mean()) if (truth > 0).any() else float("nan"),
                 "volumes": len(vols), "slices": int(len(d)), "tumour_slices": int((truth > 0).sum()),
