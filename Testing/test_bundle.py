@@ -243,6 +243,10 @@ def test_pack_float16_halves_weights_and_keeps_the_segmentation(gate_open_bundle
     src = copy_bundle(root, tmp_path / "src")
     config = read_config(src)
     config["metrics"] = {"dice": 0.5}
+    # where it was trained: the training machine's folders
+    training = config.setdefault("training", {})
+    training["data"] = str(tmp_path / "cohorts" / "lgg")
+    training.setdefault("config", {}).setdefault("data", {})["geometry"] = str(tmp_path / "tcga.geometry.json")
     write_config(src, config)
     proc = run_cli("pack", "--bundle", src, "--out", tmp_path / "packed")
     assert proc.returncode == 0, proc.stderr
@@ -255,6 +259,9 @@ def test_pack_float16_halves_weights_and_keeps_the_segmentation(gate_open_bundle
     cfg = read_config(packed)
     assert cfg["weights_dtype"] == "float16" and cfg["metrics"] == {"dice": 0.5}
     assert cfg["packed_from"]["name"] == "tiny-test" and cfg["packed_from"]["models_left_out"] == []
+    # a shipped bundle names its inputs without the packing machine's paths
+    assert cfg["training"]["data"] == "lgg" and cfg["training"]["config"]["data"]["geometry"] == "tcga.geometry.json"
+    assert str(tmp_path) not in (packed / BUNDLE_FILE).read_text()
     a = segment_arrays(Bundle.load(src), phantom.channels, "cpu")
     b = segment_arrays(Bundle.load(packed), phantom.channels, "cpu")  # loads into float32 models
     assert all(p.dtype == torch.float32 for m in Bundle.load(packed).models.values() for p in m.parameters())

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli, stderr_lines
+from WeakTumorSegLib.training.presets import final_only_config, resolve_config
 
 N_PATIENTS = 8
 CHANNELS = ("flair", "t1", "t1ce")
@@ -284,3 +285,13 @@ def test_final_network_with_slice_context_reads_its_neighbours_in_training_and_i
     assert spec["final"]["context"] == 1 and spec["models"]["final"]["kwargs"]["in_channels"] == 3 * len(CHANNELS)
     # measured 0.875 against 0.971 without the context: it lands on the unseen tumours
     assert final["volumes"] == 2 and final["per_volume_3d"] >= 0.7, final
+
+
+def test_a_final_only_run_takes_its_cohort_inputs_from_its_own_command_line(tmp_path):
+    """The bundle's geometry declaration and exports describe its training cohort; applied to the
+    user's cohort they would reorient it wrongly, or fail on a machine without those files."""
+    bundle_config = {"training": {"config": resolve_config("default", overrides={"data": {
+        "geometry": str(tmp_path / "tcga.geometry.json"), "annotations": str(tmp_path / "exports")}})}}
+    config = final_only_config(bundle_config)
+    assert config["data"]["geometry"] is None and config["data"]["annotations"] is None
+    assert config["data"]["split_seed"] == bundle_config["training"]["config"]["data"]["split_seed"]

@@ -6,6 +6,7 @@ Every bundle records, besides its networks, the choices taken where Yoo et al. a
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -127,10 +128,27 @@ def pack_bundle(src: str | Path, dst: str | Path, models: Sequence[str] | None =
     loaded = {name: bundle.models.get(name) or load_model(root, name, specs[name]) for name in keep}
     archs = {name: (specs[name]["architecture"], specs[name].get("kwargs", {})) for name in keep}
     cfg = {k: v for k, v in config.items() if k != "models"}
+    if isinstance(cfg.get("training"), Mapping):
+        cfg["training"] = _without_paths(cfg["training"])
     cfg["packed_from"] = {"name": str(config.get("name", root.name)),
                           "weights_dtype": str(config.get("weights_dtype", "float32")),
                           "models_left_out": [m for m in specs if m not in keep]}
     return save_bundle(dst, cfg, loaded, archs, overwrite=overwrite, weights_dtype=weights_dtype)
+
+
+def _without_paths(training: Mapping) -> dict:
+    """The training record with the packing machine's paths (the data folder, the geometry
+    declaration, the exports) reduced to their names: a shipped bundle names its inputs, the
+    model card says where they come from."""
+    out = copy.deepcopy(dict(training))
+    if out.get("data"):
+        out["data"] = Path(out["data"]).name
+    data = (out.get("config") or {}).get("data")
+    if isinstance(data, dict):
+        for key in ("geometry", "annotations"):
+            if data.get(key):
+                data[key] = Path(data[key]).name
+    return out
 
 
 def inference_architectures(n_channels: int, classifier: tuple[str, Mapping] = ("compact_classifier", {}),

@@ -273,6 +273,9 @@ def final_only_config(bundle_config: Mapping, preset: str = "default", config_fi
         raise InputError("the bundle records no training configuration, so the final segmenter cannot be "
                          "trained on top of it", where)
     config = copy.deepcopy(dict(base))
+    # the bundle's geometry declaration and exports belong to its own training cohort: the new run's
+    # come from its command line (or a geometry.json beside its data)
+    config["data"] = {**config.get("data", {}), "geometry": None, "annotations": None}
     preset_config = resolve_config(preset)
     config["final"] = copy.deepcopy(preset_config["final"])
     # a bundle from before the final segmenter has no final_weight: the preset's
