@@ -13,7 +13,7 @@ import numpy as np
 
 from ..io.atomic import OutputSet
 from ..io.tables import write_csv
-from ..metrics import dice_from_counts
+from ..metrics import RESAMPLES, dice_from_counts
 from .summary import CONVENTIONS, CaseEvaluation, volume_dice
 
 #: Output file names inside ``--out``.
@@ -86,13 +86,13 @@ FILTER_COLUMNS = ("threshold", "slices_kept", "slices_removed", "percent_removed
 
 def _interval_line(seg: dict, keys) -> list[str]:
     """How far Table 4's per-volume means can be trusted: each one's bootstrap interval over the patients."""
-    rows = [(seg[k]["label"], seg[k].get("per_volume_3d_interval")) for k in keys if seg[k]["available"]]
-    rows = [(label, iv) for label, iv in rows if iv and None not in iv and not any(math.isnan(x) for x in iv)]
-    if not rows:
+    shown = [k for k in keys if seg[k]["available"]
+             and all(x is not None and math.isfinite(x) for x in seg[k].get("per_volume_3d_interval") or [None])]
+    if not shown:
         return []
-    volumes = next(seg[k]["volumes"] for k in keys if seg[k]["available"])
+    rows = [(seg[k]["label"], seg[k]["per_volume_3d_interval"]) for k in shown]
     return ["", ("Per-volume 3D Dice, 95 % interval of the mean (bootstrap over the "
-                 f"{volumes} tumour-bearing volumes, 10,000 resamples): "
+                 f"{seg[shown[0]]['volumes']} tumour-bearing volumes, {RESAMPLES:,} resamples): "
                  + "; ".join(f"{label} {iv[0]:.2f}-{iv[1]:.2f}" for label, iv in rows) + ".")]
 
 

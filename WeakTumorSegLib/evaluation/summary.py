@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..metrics import dice_from_counts, mean_interval, roc_auc, sensitivity_specificity
+from ..metrics import RESAMPLES, dice_from_counts, mean_interval, roc_auc, sensitivity_specificity
 from ..stages.difference_filter import flag_slices
 
 #: Evaluated models: key -> (label, table, bundle model or None for derived ones).
@@ -40,7 +40,7 @@ CONVENTIONS = {
                        "evaluated slices (Yoo et al.'s convention)",
     "per_slice_tumour": "2D Dice of each axial slice, averaged over the slices whose truth has tumour",
     "per_volume_3d_interval": "95 % percentile-bootstrap interval of per_volume_3d, the tumour-bearing volumes "
-                              "resampled with replacement 10,000 times (seed 0)",
+                              f"resampled with replacement {RESAMPLES:,} times (seed 0)",
 }
 
 
