@@ -65,3 +65,12 @@ def test_final_mode_is_checked():
     assert settings.final_mode == "average" and settings.report()["final_mode_source"] == "--final-mode"
     with pytest.raises(BundleError, match="final_mode must be one of average, extend"):
         InferenceSettings.resolve({"final_mode": "grow"}, path="B")
+
+
+def test_final_gate_is_checked():
+    # inference.final_gate: classifier unless the bundle or --final-gate says tissue; anything else is refused
+    assert InferenceSettings.resolve({}).final_gate == "classifier"
+    settings = InferenceSettings.resolve({"final_gate": "classifier"}, {"final_gate": "tissue"})
+    assert settings.final_gate == "tissue" and settings.report()["final_gate_source"] == "--final-gate"
+    with pytest.raises(BundleError, match="final_gate must be one of classifier, tissue"):
+        InferenceSettings.resolve({"final_gate": "none"}, path="B")

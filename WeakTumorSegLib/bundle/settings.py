@@ -32,9 +32,11 @@ OFF = 0.0
 OPTIONS = {"filter_threshold": "--threshold", "scalp_margin_mm": "--scalp-margin",
            "slice_smoothing": "--slice-smoothing", "flair_trim": "--flair-trim",
            "keep_components": "--keep-components", "final_weight": "--final-weight", "final_mode": "--final-mode",
-           "gate_low": "--gate-low"}
+           "final_gate": "--final-gate", "gate_low": "--gate-low"}
 #: How the final segmenter's map makes the main mask (``inference.final_mode``).
 FINAL_MODES = ("average", "extend")
+#: Which patches the final segmenter reads (``inference.final_gate``).
+FINAL_GATES = ("classifier", "tissue")
 #: Closed ranges ``(low, high, how high is written)`` of the settings that have one.
 _RANGES = {"filter_threshold": (0.0, 1.0, "1"), "slice_smoothing": (0.0, MAX_SLICE_SMOOTHING, "1/3"),
            "flair_trim": (0.0, 1.0, "1"), "keep_components": (0.0, 1.0, "1"), "final_weight": (0.0, 1.0, "1"),
@@ -74,6 +76,9 @@ class InferenceSettings:
     final_mode: str = "average"
     """``average``: the main map is the weighted mean above; ``extend``: the fused mask, each of its
     lesions extended by the final segmenter's 3D components that touch it (``final_weight`` above 0)."""
+    final_gate: str = "classifier"
+    """Which patches the final segmenter reads: ``classifier``, those the classifier's gate passes (as
+    the fused segmenters); ``tissue``, every patch with tissue (it was trained on tumour-free slices too)."""
     batch_size: int = 32
     """Patches per forward pass."""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -124,6 +129,9 @@ class InferenceSettings:
         if self.final_mode not in FINAL_MODES:
             raise BundleError(f"inference.final_mode must be one of {', '.join(FINAL_MODES)}, got {self.final_mode!r}",
                               path)
+        if self.final_gate not in FINAL_GATES:
+            raise BundleError(f"inference.final_gate must be one of {', '.join(FINAL_GATES)}, got {self.final_gate!r}",
+                              path)
 
     def section(self) -> dict:
         """The settings as a bundle's ``inference`` section (without their sources)."""
@@ -138,7 +146,7 @@ class InferenceSettings:
         record them (``scalp_margin_mm``, ``scalp_margin_source``, ...)."""
         out: dict[str, object] = {}
         for name in ("scalp_margin_mm", "slice_smoothing", "flair_trim", "keep_components", "final_weight",
-                     "final_mode", "gate_low"):
+                     "final_mode", "final_gate", "gate_low"):
             out[name] = getattr(self, name)
             out[name.removesuffix("_mm") + "_source"] = self.source(name)
         return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import WeakTumorSegError
-from ..bundle.settings import FINAL_MODES, MAX_SCALP_MARGIN_MM, MAX_SLICE_SMOOTHING
+from ..bundle.settings import FINAL_GATES, FINAL_MODES, MAX_SCALP_MARGIN_MM, MAX_SLICE_SMOOTHING
 from ..progress import MODES
 
 PROG = "weaktumorseg"
@@ -111,6 +111,9 @@ FINAL_MODE_HELP = ("how a final segmenter makes the mask: average (its map weigh
                    "map by the rest) or extend (the fused mask, each lesion grown by the final segmenter's 3D "
                    "components that touch it; final weight 0 still turns the final segmenter off; default: the "
                    "bundle's inference.final_mode)")
+FINAL_GATE_HELP = ("which patches a final segmenter reads: classifier (those the classifier's gate passes, as the "
+                   "fused segmenters) or tissue (every patch with tissue: the final segmenter decides alone where "
+                   "the tumour is; default: the bundle's inference.final_gate)")
 GATE_LOW_HELP = ("also segment the patches whose classifier output lies above P (but not above the gate, 0.5) "
                  "when consecutive slices above P join them to a gated patch, with the under-segmenting model "
                  "alone; 0 gates every patch on its own, as Yoo et al. do (default: the bundle's inference.gate_low)")
@@ -119,14 +122,15 @@ SCALP_HELP = ("clear the mask within this many mm of the head's outer surface (s
 
 
 def add_postprocess_options(parser: argparse.ArgumentParser) -> None:
-    """--scalp-margin, --slice-smoothing, --flair-trim, --keep-components, --final-weight, --final-mode and
-    --gate-low (segment, evaluate)."""
+    """--scalp-margin, --slice-smoothing, --flair-trim, --keep-components, --final-weight, --final-mode,
+    --final-gate and --gate-low (segment, evaluate)."""
     parser.add_argument("--scalp-margin", type=millimetres_arg, default=None, metavar="MM", help=SCALP_HELP)
     parser.add_argument("--slice-smoothing", type=smoothing_arg, default=None, metavar="W", help=SMOOTHING_HELP)
     parser.add_argument("--flair-trim", type=fraction_arg, default=None, metavar="F", help=TRIM_HELP)
     parser.add_argument("--keep-components", type=fraction_arg, default=None, metavar="F", help=COMPONENTS_HELP)
     parser.add_argument("--final-weight", type=fraction_arg, default=None, metavar="W", help=FINAL_HELP)
     parser.add_argument("--final-mode", choices=FINAL_MODES, default=None, help=FINAL_MODE_HELP)
+    parser.add_argument("--final-gate", choices=FINAL_GATES, default=None, help=FINAL_GATE_HELP)
     parser.add_argument("--gate-low", type=fraction_arg, default=None, metavar="P", help=GATE_LOW_HELP)
 
 
@@ -134,7 +138,7 @@ def postprocess_overrides(args: argparse.Namespace) -> dict[str, float | str | N
     """The inference settings the post-processing options override (None: not given)."""
     return {"scalp_margin_mm": args.scalp_margin, "slice_smoothing": args.slice_smoothing,
             "flair_trim": args.flair_trim, "keep_components": args.keep_components, "final_weight": args.final_weight,
-            "final_mode": args.final_mode, "gate_low": args.gate_low}
+            "final_mode": args.final_mode, "final_gate": args.final_gate, "gate_low": args.gate_low}
 
 
 def add_run_options(parser: argparse.ArgumentParser, progress_help: str, quiet_help: str) -> None:

@@ -168,6 +168,9 @@ def tables_markdown(metrics: Mapping) -> str:
             out += ["", (f"Final weight {cfg['final_weight']:g} ({cfg['final_weight_source']}): the final segmenter's "
                          f"map is averaged with the fused map, weights {cfg['final_weight']:g} and "
                          f"{1 - cfg['final_weight']:g}, before it is binarised.")]
+        if table == "4" and final and cfg.get("final_gate") == "tissue":
+            out += ["", (f"Final gate tissue ({cfg['final_gate_source']}): the final segmenter reads every patch "
+                         "with tissue, not only those the classifier gates.")]
         if table == "5" and seg["residual"]["available"]:
             res = cfg["residual"]
             out += ["", (f"Residual threshold {res['threshold']:g} ({res['threshold_source']}), "

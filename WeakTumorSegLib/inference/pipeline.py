@@ -12,8 +12,9 @@
    neighbouring slices (:func:`~WeakTumorSegLib.stages.fusion.smooth_across_slices`);
 3. :func:`segment_patches`: S_US and S_OS run on the gated patches and are fused with
    w = 2(p - 0.5) (:mod:`WeakTumorSegLib.stages.fusion`); a bundle with a final segmenter
-   (``final``, trained on the fused pipeline's filtered masks) also runs it on the gated patches
-   (with the bundle's ``final.context`` neighbouring slices, :meth:`Tiling.with_neighbours`), and
+   (``final``, trained on the fused pipeline's filtered masks) also runs it on the gated patches,
+   or on every tissue patch with ``settings.final_gate`` ``tissue`` (with the bundle's
+   ``final.context`` neighbouring slices, :meth:`Tiling.with_neighbours`), and
    its map becomes the main one, averaged with the fused map by ``settings.final_weight``, or with
    ``settings.final_mode`` ``extend`` only where it extends a lesion of the fused mask (step 6,
    after the component filter); the fused mask still gives the difference score and flags;
@@ -172,12 +173,13 @@ def segment_patches(models: Mapping[str, torch.nn.Module], vol: Prepared, p: np.
                 net = models[name]
                 maps[gated] = batched(lambda xb, net=net: net(xb)[:, 0], vol.patches[gated], batch, device)
         single[name] = maps
-    if FINAL in models and settings.final_weight > 0:  # the final segmenter makes the main mask, on C's patches
+    if FINAL in models and settings.final_weight > 0:  # the final segmenter makes the main mask
         maps = np.zeros_like(fused)
-        if len(gated):
+        which = vol.tissue if settings.final_gate == "tissue" else gated
+        if len(which):
             net = models[FINAL]
-            x = vol.tiling.with_neighbours(vol.patches, gated, final_context)
-            maps[gated] = batched(lambda xb: net(xb)[:, 0], x, batch, device)
+            x = vol.tiling.with_neighbours(vol.patches, which, final_context)
+            maps[which] = batched(lambda xb: net(xb)[:, 0], x, batch, device)
         w = 1.0 if settings.final_mode == "extend" else settings.final_weight  # extend: postprocess() combines
         single[FINAL] = maps if w == 1.0 else w * maps + (1.0 - w) * fused
     return fused, single
@@ -389,11 +391,12 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
               "tumor_voxels": int(mask.sum()), "flagged_slices": int(flagged.sum())}
     return SegmentationResult(mask, probability, p_slice, scores, flagged, reasons, settings, pos, neg,
                               timings, counts, masks, probabilities, healthy01, flair01,
-                              *_input_checks(bundle, vol, len(gated)), pixels[network], network)
+                              *_input_checks(bundle, vol, len(gated) or int(mask.any())), pixels[network], network)
 
 
 def _input_checks(bundle: Bundle, vol: Prepared, gated: int) -> tuple[dict, list[str]]:
-    """How the input was read, and the warnings of :mod:`.checks`."""
+    """How the input was read, and the warnings of :mod:`.checks`; ``gated``: the patches gated, or
+    1 when none was but the mask is not empty (a final segmenter reading every tissue patch)."""
     std = vol.std
     info = {"orientation": std.reorientation.code, "skull_stripped": std.stripped, "stats": std.stats}
     warnings = out_of_distribution(std.stats, bundle.config.get("preprocessing_stats") or {})

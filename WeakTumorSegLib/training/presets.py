@@ -103,10 +103,12 @@ _PAPER = {
     # the bundle's inference section (bundle.settings.InferenceSettings); the four post-processing
     # steps are not in the paper and off here; the shipped TCGA-LGG bundles set null / 0 / 0 / 0.5
     # (until 2026-12-06 12 / 0.25 / 0.9 / 0.5; docs/options.md); final_mode: how a final segmenter
-    # makes the mask (average: weighted by final_weight; extend: it grows the fused mask's lesions)
+    # makes the mask (average: weighted by final_weight; extend: it grows the fused mask's lesions);
+    # final_gate: which patches it reads (classifier: those C gates; tissue: all)
     "inference": {"stride": 64, "gate_threshold": 0.5, "gate_low": 0.0, "mask_threshold": 0.5, "filter_threshold": 0.2,
                   "undecided_margin": 0.1, "batch_size": 32, "scalp_margin_mm": None, "slice_smoothing": 0.0,
-                  "flair_trim": 0.0, "keep_components": 0.0, "final_weight": 1.0, "final_mode": "average"},
+                  "flair_trim": 0.0, "keep_components": 0.0, "final_weight": 1.0, "final_mode": "average",
+                  "final_gate": "classifier"},
 }
 
 
