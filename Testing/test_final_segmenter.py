@@ -200,15 +200,18 @@ def test_training_from_reviewed_exports(trained, tmp_path):
     exports = tmp_path / "exports"
     n = 24
     _export(trained["cohort"], exports, "p01", ["corrected"] * (n - 4) + ["excluded"] * 2 + ["flagged"] * 2)
-    out = tmp_path / "improved"
+    out, config = tmp_path / "improved", tmp_path / "seed7.json"
+    config.write_text(json.dumps({**CONFIG, "seed": 7}))
     proc = run_cli("train", "--from-bundle", trained["bundle"], "--data", trained["cohort"], "--annotations", exports,
-                   "--out", out, "--preset", "tiny", "--config", trained["config"], "--device", "cpu",
+                   "--out", out, "--preset", "tiny", "--config", config, "--device", "cpu",
                    "--threads", "2", "--progress", "none", timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     cfg = json.loads((out / "bundle.json").read_text())
     assert cfg["final"]["annotated_patients"] == ["p01"]
-    # the source bundle is untouched; the copy differs only by its final network and record
+    # the source bundle is untouched; the copy differs only by its final network and record, which
+    # names the seed this run trained it with (the other stages keep their own training's seed)
     src = json.loads((trained["bundle"] / "bundle.json").read_text())
+    assert cfg["final"]["seed"] == 7 and cfg["training"]["config"]["seed"] == src["final"]["seed"] == 0
     assert src["models"]["final"]["sha256"] != cfg["models"]["final"]["sha256"]
     assert {k: v["sha256"] for k, v in src["models"].items() if k != "final"} == \
         {k: v["sha256"] for k, v in cfg["models"].items() if k != "final"}

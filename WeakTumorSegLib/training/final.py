@@ -123,8 +123,10 @@ def train_final(run: TrainingRun, bundle: Bundle, cases: list[Case],
     tiles = collect_tiles(bundle, cases, run.device, int(run.config["data"].get("erosion", 0)), trainer == "em",
                           lambda d, t: run.progress("final labels", d, t), annotations, c.get("grow"),
                           bool(c.get("pseudo_masks", True)), context)
+    # the seed is recorded here because a final-only run keeps the source bundle's training record
     info = {"trainer": trainer, "rounds": int(c.get("rounds", 1)), "context": context, "patients": len(cases),
-            "annotated_patients": sorted(annotations), "labels": {"round1": label_report(run, tiles)}}
+            "seed": int(run.config["seed"]), "annotated_patients": sorted(annotations),
+            "labels": {"round1": label_report(run, tiles)}}
     model = train_members(run, tiles, model, c, trainer, bundle, "_round1")
     for r in range(2, int(c.get("rounds", 1)) + 1):
         tiles = relabel(run, tiles, model, float(c["agreement"]))
