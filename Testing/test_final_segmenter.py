@@ -137,12 +137,13 @@ def test_extend_mode_grows_the_fused_lesions_only(trained):
 def test_final_gate_tissue_finds_the_tumour_on_slices_the_classifier_misses(trained):
     # inference.final_gate tissue: the final network reads every tissue patch, so a tumour whose
     # slices the classifier scores low still gets its mask; with the classifier's gate it gets none
-    import SimpleITK as sitk
     import torch
 
     from WeakTumorSegLib.bundle.load import Bundle
     from WeakTumorSegLib.inference.pipeline import segment_arrays
+    from WeakTumorSegLib.io.cohort import read_mask
     from WeakTumorSegLib.io.images import read_channels
+    from WeakTumorSegLib.metrics import dice
 
     class Blind(torch.nn.Module):  # a classifier that gates nothing
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -151,19 +152,18 @@ def test_final_gate_tissue_finds_the_tumour_on_slices_the_classifier_misses(trai
     bundle = Bundle.load(trained["bundle"])
     case = trained["cohort"] / "p07"  # a validation phantom
     volume = read_channels({c: case / f"p07_{c}.nii.gz" for c in CHANNELS})
-    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "p07_seg.nii.gz"))) > 0
+    truth = read_mask(case / "p07_seg.nii.gz")
     run = lambda **kw: segment_arrays(bundle, volume.channels, "cpu", bundle.settings(**kw),  # noqa: E731
                                       geometry=volume.geometry)
-    dice = lambda m: 2 * ((m > 0) & truth).sum() / ((m > 0).sum() + truth.sum())  # noqa: E731
     seen = run(final_gate="tissue")
     assert seen.settings.final_gate == "tissue" and seen.network == "final"
-    assert dice(seen.mask) > 0.8
+    assert dice(seen.mask, truth) > 0.8
     bundle.models["classifier"] = Blind()
     missed = run()
     assert missed.mask.sum() == 0  # the classifier's gate: nothing gated, nothing marked, and segment says so
     assert any("may be a miss" in w for w in missed.warnings), missed.warnings
     blind = run(final_gate="tissue")
-    assert dice(blind.mask) > 0.8
+    assert dice(blind.mask, truth) > 0.8
     assert blind.counts["gated_patches"] == 0 and not any("may be a miss" in w for w in blind.warnings)
 
 

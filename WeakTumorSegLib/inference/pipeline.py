@@ -391,14 +391,15 @@ def segment_arrays(bundle: Bundle, channels: Mapping[str, np.ndarray], device: t
               "tumor_voxels": int(mask.sum()), "flagged_slices": int(flagged.sum())}
     return SegmentationResult(mask, probability, p_slice, scores, flagged, reasons, settings, pos, neg,
                               timings, counts, masks, probabilities, healthy01, flair01,
-                              *_input_checks(bundle, vol, len(gated) or int(mask.any())), pixels[network], network)
+                              *_input_checks(bundle, vol, len(gated) > 0 or bool(mask.any())), pixels[network],
+                              network)
 
 
-def _input_checks(bundle: Bundle, vol: Prepared, gated: int) -> tuple[dict, list[str]]:
-    """How the input was read, and the warnings of :mod:`.checks`; ``gated``: the patches gated, or
-    1 when none was but the mask is not empty (a final segmenter reading every tissue patch)."""
+def _input_checks(bundle: Bundle, vol: Prepared, found: bool) -> tuple[dict, list[str]]:
+    """How the input was read, and the warnings of :mod:`.checks`; ``found``: a patch was gated or
+    the mask is not empty (a final segmenter reading every tissue patch may mark what C gated out)."""
     std = vol.std
     info = {"orientation": std.reorientation.code, "skull_stripped": std.stripped, "stats": std.stats}
     warnings = out_of_distribution(std.stats, bundle.config.get("preprocessing_stats") or {})
-    miss = possible_miss(std.work[:, vol.flair], std.brain, bundle.preprocessing.spacing_mm, gated)
+    miss = possible_miss(std.work[:, vol.flair], std.brain, bundle.preprocessing.spacing_mm, int(found))
     return info, warnings + ([miss] if miss else [])
