@@ -81,8 +81,11 @@ def test_interrupted_training_prints_the_resume_command(tmp_path):
                                   "classifier": {"epochs": 50, "batch": 2}}))
     args = ["train", "--data", str(cohort), "--out", str(tmp_path / "bundle"), "--preset", "tiny", "--config",
             str(config), "--device", "cpu", "--progress", "json"]
+    # Ctrl-C's default action in the child, whatever the test runner inherited (a shell's background
+    # job ignores SIGINT, and a child keeps an ignored signal ignored)
     proc = subprocess.Popen([sys.executable, "-m", "WeakTumorSegLib", *args], cwd=REPO_ROOT, env=cli_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in proc.stdout:  # interrupt (as Ctrl-C does) once the classifier is training
             if line.startswith("{") and json.loads(line).get("stage", "").startswith("classifier 1/"):
