@@ -190,10 +190,10 @@ def test_an_empty_result_with_a_bright_region_is_not_presented_as_no_tumour():
     flair = np.full((4, 60, 60), 0.4, np.float32)
     brain = np.ones(flair.shape, bool)
     flair[2, 10:30, 10:30] = 1.0  # 20 x 20 voxels of 2 mm: 16 cm^2
-    assert "may be a miss" in possible_miss(flair, brain, 2.0, gated=0)
-    assert possible_miss(flair, brain, 2.0, gated=3) is None
+    assert "may be a miss" in possible_miss(flair, brain, 2.0, found=False)
+    assert possible_miss(flair, brain, 2.0, found=True) is None
     flair[2] = 0.4
-    assert possible_miss(flair, brain, 2.0, gated=0) is None
+    assert possible_miss(flair, brain, 2.0, found=False) is None
 
 
 # -- augmentation -------------------------------------------------------------------------------------------

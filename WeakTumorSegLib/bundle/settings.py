@@ -33,6 +33,8 @@ OPTIONS = {"filter_threshold": "--threshold", "scalp_margin_mm": "--scalp-margin
            "slice_smoothing": "--slice-smoothing", "flair_trim": "--flair-trim",
            "keep_components": "--keep-components", "final_weight": "--final-weight", "final_mode": "--final-mode",
            "final_gate": "--final-gate", "gate_low": "--gate-low"}
+#: The post-processing settings among them (segment and evaluate; ``--threshold`` is segment's own).
+POSTPROCESS_OPTIONS = tuple(name for name in OPTIONS if name != "filter_threshold")
 #: How the final segmenter's map makes the main mask (``inference.final_mode``).
 FINAL_MODES = ("average", "extend")
 #: Which patches the final segmenter reads (``inference.final_gate``).
@@ -145,8 +147,7 @@ class InferenceSettings:
         """The post-processing settings and their sources, as ``report.json`` and ``metrics.json``
         record them (``scalp_margin_mm``, ``scalp_margin_source``, ...)."""
         out: dict[str, object] = {}
-        for name in ("scalp_margin_mm", "slice_smoothing", "flair_trim", "keep_components", "final_weight",
-                     "final_mode", "final_gate", "gate_low"):
+        for name in POSTPROCESS_OPTIONS:
             out[name] = getattr(self, name)
             out[name.removesuffix("_mm") + "_source"] = self.source(name)
         return out

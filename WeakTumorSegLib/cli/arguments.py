@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..errors import WeakTumorSegError
-from ..bundle.settings import FINAL_GATES, FINAL_MODES, MAX_SCALP_MARGIN_MM, MAX_SLICE_SMOOTHING
+from ..bundle.settings import (FINAL_GATES, FINAL_MODES, MAX_SCALP_MARGIN_MM, MAX_SLICE_SMOOTHING, OPTIONS,
+                               POSTPROCESS_OPTIONS)
 from ..progress import MODES
 
 PROG = "weaktumorseg"
@@ -136,9 +137,7 @@ def add_postprocess_options(parser: argparse.ArgumentParser) -> None:
 
 def postprocess_overrides(args: argparse.Namespace) -> dict[str, float | str | None]:
     """The inference settings the post-processing options override (None: not given)."""
-    return {"scalp_margin_mm": args.scalp_margin, "slice_smoothing": args.slice_smoothing,
-            "flair_trim": args.flair_trim, "keep_components": args.keep_components, "final_weight": args.final_weight,
-            "final_mode": args.final_mode, "final_gate": args.final_gate, "gate_low": args.gate_low}
+    return {name: getattr(args, OPTIONS[name].removeprefix("--").replace("-", "_")) for name in POSTPROCESS_OPTIONS}
 
 
 def add_run_options(parser: argparse.ArgumentParser, progress_help: str, quiet_help: str) -> None:

@@ -6,8 +6,9 @@ Two checks, whose messages go to stderr, ``_report.json`` and the Slicer module:
   (:func:`~WeakTumorSegLib.preprocessing.standardise.volume_stats`) outside the range the bundle
   saw over its training volumes (``preprocessing_stats`` in ``bundle.json``), widened by
   :data:`RANGE_SLACK` of its width on each side;
-* :func:`possible_miss`: no patch was gated although the FLAIR shows a large bright region inside
-  the brain, so an empty mask is not presented as a confident "no tumour".
+* :func:`possible_miss`: nothing was found (no patch gated, an empty mask) although the FLAIR
+  shows a large bright region inside the brain, so an empty mask is not presented as a confident
+  "no tumour".
 """
 
 from __future__ import annotations
@@ -55,10 +56,10 @@ def bright_region_cm2(flair: np.ndarray, brain: np.ndarray, spacing_mm: float) -
     return best, where
 
 
-def possible_miss(flair: np.ndarray, brain: np.ndarray | None, spacing_mm: float | None, gated: int) -> str | None:
-    """A message when no patch was gated but the FLAIR has a bright region of at least
-    :data:`BRIGHT_AREA_CM2` inside the brain; None otherwise."""
-    if gated or brain is None or spacing_mm is None:
+def possible_miss(flair: np.ndarray, brain: np.ndarray | None, spacing_mm: float | None, found: bool) -> str | None:
+    """A message when nothing was found (no patch gated, an empty mask) but the FLAIR has a bright
+    region of at least :data:`BRIGHT_AREA_CM2` inside the brain; None otherwise."""
+    if found or brain is None or spacing_mm is None:
         return None
     area, k = bright_region_cm2(flair, brain, spacing_mm)
     if area < BRIGHT_AREA_CM2:

@@ -401,5 +401,5 @@ def _input_checks(bundle: Bundle, vol: Prepared, found: bool) -> tuple[dict, lis
     std = vol.std
     info = {"orientation": std.reorientation.code, "skull_stripped": std.stripped, "stats": std.stats}
     warnings = out_of_distribution(std.stats, bundle.config.get("preprocessing_stats") or {})
-    miss = possible_miss(std.work[:, vol.flair], std.brain, bundle.preprocessing.spacing_mm, int(found))
+    miss = possible_miss(std.work[:, vol.flair], std.brain, bundle.preprocessing.spacing_mm, found)
     return info, warnings + ([miss] if miss else [])
